@@ -1,0 +1,300 @@
+//! `tenantdb`: the command line over the tenantdb library.
+
+mod args;
+mod output;
+mod progress;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::json;
+use tenantdb::{Config, Fleet, MigrateOptions, TenantId, TenantInfo};
+
+use args::{Cli, Command, MigrateCommand, MigrateStatus, TenantCommand};
+use output::{cell, json_value, print_json, table, time};
+
+/// Who the admin audit says acted, for everything done from this command line.
+const ACTOR: &str = "cli";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    // Bad ids are refused before the data directory is even opened: nothing is created.
+    for raw in ids_named(&cli.command) {
+        tenant_id(raw)?;
+    }
+    let fleet = open(&cli.data_dir)?;
+    match cli.command {
+        Command::Tenant(cmd) => tenant(&fleet, cmd, cli.json),
+        Command::Sql { id, sql } => run_sql(&fleet, &id, &sql, cli.json),
+        Command::Migrate(cmd) => migrate(&fleet, cmd, cli.json),
+    }
+}
+
+fn ids_named(command: &Command) -> Vec<&str> {
+    match command {
+        Command::Tenant(TenantCommand::Create { ids }) => ids.iter().map(String::as_str).collect(),
+        Command::Tenant(
+            TenantCommand::Info { id }
+            | TenantCommand::Delete { id, .. }
+            | TenantCommand::Restore { id }
+            | TenantCommand::Export { id, .. },
+        )
+        | Command::Sql { id, .. } => vec![id.as_str()],
+        Command::Tenant(TenantCommand::List { .. }) | Command::Migrate(_) => Vec::new(),
+    }
+}
+
+fn open(data_dir: &Path) -> Result<Fleet> {
+    let fleet = Fleet::open(Config::new(data_dir))
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let found = fleet.reconciled();
+    if !found.is_clean() {
+        eprintln!(
+            "note: reconciliation: {} adopted, {} deletions finished, {} missing, {} staging files \
+             removed, {} unknown files",
+            found.adopted.len(),
+            found.finished_deletions.len(),
+            found.missing.len(),
+            found.removed_staging.len(),
+            found.unknown_files.len()
+        );
+        for id in &found.missing {
+            eprintln!("warning: tenant {id} is in the catalog but its database file is missing");
+        }
+    }
+    Ok(fleet)
+}
+
+fn tenant_id(raw: &str) -> Result<TenantId> {
+    Ok(TenantId::new(raw)?)
+}
+
+fn tenant(fleet: &Fleet, cmd: TenantCommand, json: bool) -> Result<ExitCode> {
+    match cmd {
+        TenantCommand::Create { ids } => {
+            let ids = ids
+                .iter()
+                .map(String::as_str)
+                .map(tenant_id)
+                .collect::<Result<Vec<_>>>()?;
+            let mut created = Vec::new();
+            for id in &ids {
+                let record = fleet.create_tenant(id, ACTOR)?;
+                created.push(fleet.tenant(&record.id)?);
+            }
+            print_tenants(&created, json)?;
+        }
+        TenantCommand::List { after, limit } => {
+            let tenants = fleet.list_tenants(after.as_deref(), limit.unwrap_or(usize::MAX))?;
+            print_tenants(&tenants, json)?;
+        }
+        TenantCommand::Info { id } => {
+            let info = fleet.tenant(&tenant_id(&id)?)?;
+            if json {
+                print_json(&info)?;
+            } else {
+                print_tenants(std::slice::from_ref(&info), false)?;
+                if let Some(f) = &info.record.migration_error {
+                    println!("migration {} failed: {}", f.version, f.error);
+                }
+            }
+        }
+        TenantCommand::Delete { id, purge } => {
+            let id = tenant_id(&id)?;
+            fleet.delete_tenant(&id, purge, ACTOR)?;
+            let state = if purge { "purged" } else { "deleted" };
+            if json {
+                print_json(&json!({"id": id, "state": state}))?;
+            } else {
+                println!("tenant {id} {state}");
+            }
+        }
+        TenantCommand::Restore { id } => {
+            let id = tenant_id(&id)?;
+            fleet.restore_tenant(&id, ACTOR)?;
+            let info = fleet.tenant(&id)?;
+            print_tenants(std::slice::from_ref(&info), json)?;
+        }
+        TenantCommand::Export { id, out } => {
+            let id = tenant_id(&id)?;
+            let bytes = fleet.export_tenant(&id, &out, ACTOR)?;
+            if json {
+                print_json(&json!({"id": id, "out": out, "bytes": bytes}))?;
+            } else {
+                println!("exported tenant {id} to {} ({bytes} bytes)", out.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_tenants(tenants: &[TenantInfo], json: bool) -> Result<()> {
+    if json {
+        return print_json(&tenants);
+    }
+    let rows: Vec<Vec<String>> = tenants
+        .iter()
+        .map(|t| {
+            vec![
+                t.record.id.to_string(),
+                t.record.state.as_str().to_string(),
+                t.record.schema_version.to_string(),
+                t.size_bytes.to_string(),
+                time(Some(t.record.created_at)),
+                time(t.record.last_active_at),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "STATE", "VERSION", "BYTES", "CREATED", "LAST ACTIVE"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn run_sql(fleet: &Fleet, id: &str, sql: &str, json: bool) -> Result<ExitCode> {
+    let id = tenant_id(id)?;
+    let mut conn = fleet.connect(&id)?;
+    let results = conn.execute_script(sql)?;
+    if json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|r| {
+                json!({
+                    "columns": r.columns.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                    "rows": r.rows.iter()
+                        .map(|row| row.iter().map(json_value).collect::<Vec<_>>())
+                        .collect::<Vec<_>>(),
+                    "rows_affected": r.rows_affected,
+                    "last_insert_rowid": r.last_insert_rowid,
+                })
+            })
+            .collect();
+        print_json(&out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &results {
+        if r.columns.is_empty() {
+            if r.last_insert_rowid.is_some() {
+                println!("{} rows changed", r.rows_affected);
+            }
+            continue;
+        }
+        let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+        let rows: Vec<Vec<String>> = r
+            .rows
+            .iter()
+            .map(|row| row.iter().map(cell).collect())
+            .collect();
+        table(&headers, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate(fleet: &Fleet, cmd: MigrateCommand, json: bool) -> Result<ExitCode> {
+    if let Some(MigrateStatus::Status { migrations }) = cmd.status {
+        return migrate_status(fleet, migrations.as_deref(), json);
+    }
+    let Some(dir) = cmd.run.migrations else {
+        bail!("no migrations directory: pass --migrations DIR or set TENANTDB_MIGRATIONS");
+    };
+    let mut options = MigrateOptions {
+        dry_run: cmd.run.dry_run,
+        ..MigrateOptions::default()
+    };
+    if let Some(jobs) = cmd.run.jobs {
+        if jobs == 0 {
+            bail!("--jobs must be at least 1");
+        }
+        options.jobs = jobs;
+    }
+    let bar = progress::Bar::new(if options.dry_run {
+        "dry run"
+    } else {
+        "migrating"
+    });
+    let report = fleet.migrate(&dir, &options, &bar, ACTOR)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        let verb = if report.dry_run {
+            "would migrate"
+        } else {
+            "migrated"
+        };
+        println!(
+            "schema version {}: {verb} {} of {} tenants, {} failed ({:.2}s)",
+            report.schema_version,
+            report.migrated,
+            report.tenants,
+            report.failed.len(),
+            report.seconds
+        );
+        for f in &report.failed {
+            println!("  {} at migration {}: {}", f.tenant, f.version, f.error);
+        }
+    }
+    // Tenant failures are reported above; the exit code tells scripts the fleet is not current.
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+fn migrate_status(fleet: &Fleet, dir: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let status = fleet.migration_status(dir)?;
+    if json {
+        print_json(&status)?;
+    } else {
+        println!("latest schema version: {}", status.latest);
+        let rows: Vec<Vec<String>> = status
+            .migrations
+            .iter()
+            .map(|m| {
+                vec![
+                    m.version.to_string(),
+                    m.name.clone(),
+                    m.sha256[..12].to_string(),
+                    time(Some(m.registered_at)),
+                ]
+            })
+            .collect();
+        table(&["VERSION", "NAME", "SHA256", "REGISTERED"], &rows);
+        println!();
+        let rows: Vec<Vec<String>> = status
+            .tenants_by_version
+            .iter()
+            .map(|(v, n)| vec![v.to_string(), n.to_string()])
+            .collect();
+        table(&["VERSION", "TENANTS"], &rows);
+        for name in &status.pending {
+            println!("pending: {name}");
+        }
+        if let Some(problem) = &status.problem {
+            println!("cannot apply the migrations directory: {problem}");
+        }
+        if !status.failures.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = status
+                .failures
+                .iter()
+                .map(|f| vec![f.tenant.to_string(), f.version.to_string(), f.error.clone()])
+                .collect();
+            table(&["FAILED TENANT", "AT VERSION", "ERROR"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

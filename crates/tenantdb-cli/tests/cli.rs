@@ -1,0 +1,625 @@
+//! The `tenantdb` binary, driven as a user would: real processes, real files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
+
+fn tdb(data: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("the tenantdb binary runs")
+}
+
+#[track_caller]
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "tenantdb failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+#[track_caller]
+fn json(out: Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("valid JSON")
+}
+
+#[track_caller]
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write_migration(dir: &Path, name: &str, sql: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), sql).unwrap();
+}
+
+const TODOS: &str = "CREATE TABLE todos (id INTEGER PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0);";
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn tenant_path(data: &Path, id: &str) -> PathBuf {
+    let info = json(tdb(data, &["tenant", "info", id, "--json"]));
+    assert_eq!(info["id"], id);
+    files_under(&data.join("tenants"))
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n == format!("{id}.db").as_str())
+        })
+        .expect("tenant file exists")
+}
+
+fn raw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+#[test]
+fn bad_tenant_ids_are_refused_before_anything_is_created() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let long = "x".repeat(129);
+    for id in [
+        "../x", "a/b", "..", ".hidden", "%2e%2e", "a b", "", &long, "é", "ü_user",
+    ] {
+        for args in [
+            vec!["tenant", "create", id],
+            vec!["sql", id, "SELECT 1"],
+            vec!["tenant", "info", id],
+            vec!["tenant", "delete", id],
+        ] {
+            let err = fails(tdb(&data, &args));
+            assert!(err.contains("a tenant id is 1 to 128"), "{args:?}: {err}");
+        }
+    }
+    assert!(!data.exists(), "nothing may be created for a bad id");
+    // One bad id among good ones creates none of them.
+    fails(tdb(
+        &data,
+        &["tenant", "create", "good1", "../bad", "good2"],
+    ));
+    assert!(!data.exists());
+}
+
+#[test]
+fn tenant_lifecycle_through_the_cli() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(
+        &data,
+        &["migrate", "--migrations", migrations.to_str().unwrap()],
+    ));
+
+    let created = json(tdb(
+        &data,
+        &["tenant", "create", "user_1", "user_2", "--json"],
+    ));
+    assert_eq!(created.as_array().unwrap().len(), 2);
+    assert_eq!(created[0]["schema_version"], 1);
+    let err = fails(tdb(&data, &["tenant", "create", "user_1"]));
+    assert!(err.contains("already exists"), "{err}");
+
+    ok(tdb(
+        &data,
+        &[
+            "sql",
+            "user_1",
+            "INSERT INTO todos (title) VALUES ('a'), ('b')",
+        ],
+    ));
+    let rows = json(tdb(
+        &data,
+        &[
+            "sql",
+            "user_1",
+            "SELECT id, title FROM todos ORDER BY id",
+            "--json",
+        ],
+    ));
+    assert_eq!(rows[0]["rows"], serde_json::json!([[1, "a"], [2, "b"]]));
+    let text = ok(tdb(
+        &data,
+        &["sql", "user_1", "SELECT title FROM todos WHERE id = 2"],
+    ));
+    assert!(text.contains("title") && text.contains('b'), "{text}");
+
+    let listed = json(tdb(&data, &["tenant", "list", "--json"]));
+    let ids: Vec<_> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    assert_eq!(ids, ["user_1", "user_2"]);
+    let page = json(tdb(
+        &data,
+        &["tenant", "list", "--after", "user_1", "--json"],
+    ));
+    assert_eq!(page[0]["id"], "user_2");
+
+    // Export: a consistent standalone copy.
+    let out = tmp.path().join("user_1.sqlite");
+    ok(tdb(
+        &data,
+        &["tenant", "export", "user_1", "--out", out.to_str().unwrap()],
+    ));
+    let copy = raw(&out);
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let n: i64 = copy
+        .query_row("SELECT count(*) FROM todos", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+
+    // Delete to trash, refuse lazy re-creation, restore with the rows, then purge.
+    let path = tenant_path(&data, "user_1");
+    ok(tdb(&data, &["tenant", "delete", "user_1"]));
+    assert!(!path.exists());
+    assert_eq!(files_under(&data.join("trash")).len(), 1);
+    fails(tdb(&data, &["sql", "user_1", "SELECT 1"]));
+    fails(tdb(&data, &["tenant", "info", "user_1"]));
+    ok(tdb(&data, &["tenant", "restore", "user_1"]));
+    let rows = json(tdb(
+        &data,
+        &["sql", "user_1", "SELECT count(*) FROM todos", "--json"],
+    ));
+    assert_eq!(rows[0]["rows"][0][0], 2);
+    ok(tdb(&data, &["tenant", "delete", "user_1", "--purge"]));
+    assert!(files_under(&data.join("trash")).is_empty());
+    assert!(!path.exists());
+    let err = fails(tdb(&data, &["tenant", "restore", "user_1"]));
+    assert!(err.contains("no deleted copy"), "{err}");
+}
+
+#[test]
+fn user_sql_cannot_escape_the_guard() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(
+        &data,
+        &["migrate", "--migrations", migrations.to_str().unwrap()],
+    ));
+    ok(tdb(&data, &["tenant", "create", "victim", "attacker"]));
+    ok(tdb(
+        &data,
+        &[
+            "sql",
+            "victim",
+            "INSERT INTO todos (title) VALUES ('secret')",
+        ],
+    ));
+    ok(tdb(
+        &data,
+        &[
+            "sql",
+            "attacker",
+            "INSERT INTO todos (title) VALUES ('mine')",
+        ],
+    ));
+    let victim = tenant_path(&data, "victim");
+    let attacker = tenant_path(&data, "attacker");
+    let stolen = tmp.path().join("stolen.db");
+    let snapshot = |p: &Path| -> (Vec<String>, i64, i64) {
+        let c = raw(p);
+        let mut s = c
+            .prepare("SELECT type || ':' || name FROM sqlite_schema ORDER BY 1")
+            .unwrap();
+        let schema = s
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let rows = c
+            .query_row("SELECT count(*) FROM todos", [], |r| r.get(0))
+            .unwrap();
+        let applied = c
+            .query_row("SELECT count(*) FROM _tenantdb_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        (schema, rows, applied)
+    };
+    let before = snapshot(&attacker);
+    let attacks = [
+        format!("ATTACH '{}' AS v", victim.display()),
+        format!("VACUUM INTO '{}'", stolen.display()),
+        "PRAGMA writable_schema = 1".to_string(),
+        "SELECT load_extension('/usr/lib/x86_64-linux-gnu/libsqlite3.so')".to_string(),
+        "INSERT INTO _tenantdb_migrations VALUES (99, 'x', 'y', 0)".to_string(),
+        "DELETE FROM _tenantdb_migrations".to_string(),
+        "UPDATE _tenantdb_migrations SET name = 'x'".to_string(),
+        "CREATE TABLE evil (x)".to_string(),
+        "DROP TABLE todos".to_string(),
+        "ALTER TABLE todos ADD COLUMN x".to_string(),
+        "CREATE TRIGGER t AFTER INSERT ON todos BEGIN DELETE FROM todos; END".to_string(),
+        "PRAGMA database_list".to_string(),
+        "PRAGMA journal_mode = DELETE".to_string(),
+        "PRAGMA user_version = 7".to_string(),
+        "CREATE TEMP TRIGGER t AFTER INSERT ON main.todos BEGIN INSERT INTO _tenantdb_migrations VALUES (98, 'a', 'b', 0); END; INSERT INTO todos (title) VALUES ('x')".to_string(),
+    ];
+    for sql in &attacks {
+        let err = fails(tdb(&data, &["sql", "attacker", sql]));
+        assert!(err.contains("error:"), "{sql}: {err}");
+        assert_eq!(snapshot(&attacker), before, "{sql} changed the database");
+    }
+    assert!(!stolen.exists());
+    assert_eq!(snapshot(&victim).1, 1);
+    // Reads of bookkeeping tables and schema introspection are fine.
+    ok(tdb(
+        &data,
+        &["sql", "attacker", "SELECT * FROM _tenantdb_migrations"],
+    ));
+    ok(tdb(&data, &["sql", "attacker", "PRAGMA table_info(todos)"]));
+}
+
+#[test]
+fn failing_tenants_stay_behind_and_the_rest_migrate() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    let dir = migrations.to_str().unwrap();
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(&data, &["migrate", "--migrations", dir]));
+    let ids: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    let mut args = vec!["tenant", "create"];
+    args.extend(ids.iter().map(String::as_str));
+    ok(tdb(&data, &args));
+    for id in ["t03", "t11"] {
+        ok(tdb(
+            &data,
+            &[
+                "sql",
+                id,
+                "INSERT INTO todos (title) VALUES ('dup'), ('dup')",
+            ],
+        ));
+    }
+    write_migration(
+        &migrations,
+        "0002_unique_titles.sql",
+        "CREATE UNIQUE INDEX todos_title ON todos (title);",
+    );
+
+    // A dry run changes nothing but tells who would fail.
+    let dry = tdb(
+        &data,
+        &["migrate", "--migrations", dir, "--dry-run", "--json"],
+    );
+    assert_eq!(dry.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 2);
+    for id in &ids {
+        let v: i64 = raw(&tenant_path(&data, id))
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1, "dry run migrated {id}");
+    }
+
+    let run = tdb(&data, &["migrate", "--migrations", dir, "--json"]);
+    assert_eq!(run.status.code(), Some(2), "failures give exit code 2");
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["migrated"], 18);
+    let status = json(tdb(&data, &["migrate", "status", "--json"]));
+    assert_eq!(status["latest"], 2);
+    assert_eq!(
+        status["tenants_by_version"],
+        serde_json::json!({"1": 2, "2": 18})
+    );
+    let failed: Vec<_> = status["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["tenant"].clone())
+        .collect();
+    assert_eq!(failed, ["t03", "t11"]);
+    assert!(
+        status["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("UNIQUE")
+    );
+    for id in &ids {
+        let c = raw(&tenant_path(&data, id));
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        let applied: i64 = c
+            .query_row("SELECT max(version) FROM _tenantdb_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let index: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'todos_title'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let expect = if id == "t03" || id == "t11" { 1 } else { 2 };
+        assert_eq!((v, applied, index), (expect, expect, expect - 1), "{id}");
+    }
+
+    // Fixing the data and rerunning finishes the fleet.
+    ok(tdb(
+        &data,
+        &["sql", "t03", "DELETE FROM todos WHERE id = 2"],
+    ));
+    ok(tdb(
+        &data,
+        &[
+            "sql",
+            "t11",
+            "UPDATE todos SET title = 'other' WHERE id = 2",
+        ],
+    ));
+    ok(tdb(&data, &["migrate", "--migrations", dir]));
+    let status = json(tdb(&data, &["migrate", "status", "--json"]));
+    assert_eq!(status["tenants_by_version"], serde_json::json!({"2": 20}));
+    assert_eq!(status["failures"], serde_json::json!([]));
+}
+
+#[test]
+fn broken_or_changed_migrations_stop_before_any_tenant() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    let dir = migrations.to_str().unwrap();
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(&data, &["migrate", "--migrations", dir]));
+    ok(tdb(&data, &["tenant", "create", "a", "b"]));
+    let file = tenant_path(&data, "a");
+    let before = std::fs::read(&file).unwrap();
+
+    write_migration(&migrations, "0002_broken.sql", "CREATE TABLEX nope (x);");
+    let err = fails(tdb(&data, &["migrate", "--migrations", dir]));
+    assert!(
+        err.contains("0002_broken.sql") && err.contains("syntax error"),
+        "{err}"
+    );
+    std::fs::remove_file(migrations.join("0002_broken.sql")).unwrap();
+
+    write_migration(
+        &migrations,
+        "0001_todos.sql",
+        &format!("{TODOS}\n-- edited"),
+    );
+    let err = fails(tdb(&data, &["migrate", "--migrations", dir]));
+    assert!(
+        err.contains("0001_todos.sql") && err.contains("edited"),
+        "{err}"
+    );
+    std::fs::remove_file(migrations.join("0001_todos.sql")).unwrap();
+    write_migration(&migrations, "0002_more.sql", "CREATE TABLE more (x);");
+    let err = fails(tdb(&data, &["migrate", "--migrations", dir]));
+    assert!(
+        err.contains("0001_todos.sql") || err.contains("version 1"),
+        "{err}"
+    );
+
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    write_migration(&migrations, "0004_gap.sql", "SELECT 1;");
+    let err = fails(tdb(&data, &["migrate", "--migrations", dir]));
+    assert!(err.contains("version 3 is missing"), "{err}");
+
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "no tenant may be touched"
+    );
+    let status = json(tdb(&data, &["migrate", "status", "--json"]));
+    assert_eq!(status["latest"], 1);
+}
+
+/// Polls the tenant files' headers (user_version at offset 60) without opening them in SQLite.
+fn header_versions(data: &Path) -> Vec<u32> {
+    files_under(&data.join("tenants"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter(|b| b.len() >= 64)
+        .map(|b| u32::from_be_bytes([b[60], b[61], b[62], b[63]]))
+        .collect()
+}
+
+#[test]
+fn killed_migration_resumes_and_leaves_no_tenant_half_migrated() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    let dir = migrations.to_str().unwrap();
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(&data, &["migrate", "--migrations", dir]));
+    let ids: Vec<String> = (0..300).map(|i| format!("user_{i:03}")).collect();
+    for chunk in ids.chunks(100) {
+        let mut args = vec!["tenant", "create"];
+        args.extend(chunk.iter().map(String::as_str));
+        ok(tdb(&data, &args));
+    }
+    // Rows written straight to the files keep setup fast; the migrations below must keep them.
+    for id in &ids {
+        let c = raw(&tenant_path_fast(&data, id));
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200) \
+             INSERT INTO todos (title) SELECT 'todo ' || i FROM n;",
+        )
+        .unwrap();
+    }
+    write_migration(
+        &migrations,
+        "0002_priority.sql",
+        "ALTER TABLE todos ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\nUPDATE todos SET priority = id % 5;",
+    );
+    write_migration(
+        &migrations,
+        "0003_index.sql",
+        "CREATE INDEX todos_priority ON todos (priority, title);",
+    );
+
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["migrate", "--migrations", dir, "--jobs", "1"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let versions = header_versions(&data);
+        let done = versions.iter().filter(|v| **v == 3).count();
+        if done >= 10 || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let versions = header_versions(&data);
+    let finished = versions.iter().filter(|v| **v == 3).count();
+    assert!(
+        finished > 0 && finished < 300,
+        "killed part-way: {finished} of 300 done"
+    );
+
+    ok(tdb(&data, &["migrate", "--migrations", dir]));
+    for id in &ids {
+        let c = raw(&tenant_path_fast(&data, id));
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        let applied: Vec<i64> = c
+            .prepare("SELECT version FROM _tenantdb_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let (rows, prioritized): (i64, i64) = c
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE priority = id % 5) FROM todos",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let index: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'todos_priority'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            (v, applied, rows, prioritized, index),
+            (3, vec![1, 2, 3], 200, 200, 1),
+            "{id}"
+        );
+    }
+    let status = json(tdb(&data, &["migrate", "status", "--json"]));
+    assert_eq!(status["tenants_by_version"], serde_json::json!({"3": 300}));
+}
+
+fn tenant_path_fast(data: &Path, id: &str) -> PathBuf {
+    files_under(&data.join("tenants"))
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n == format!("{id}.db").as_str())
+        })
+        .unwrap_or_else(|| panic!("no file for {id}"))
+}
+
+#[test]
+fn killed_creation_leaves_whole_tenants_only() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(
+        &data,
+        &["migrate", "--migrations", migrations.to_str().unwrap()],
+    ));
+    for round in 0..6u64 {
+        let ids: Vec<String> = (0..400).map(|i| format!("r{round}_{i}")).collect();
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("tenant")
+            .arg("create")
+            .args(&ids)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(40 + round * 25));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // Opening the fleet reconciles: every tenant file is a whole tenant in the catalog, and every
+    // catalog row has a whole file at the latest version.
+    let listed = json(tdb(&data, &["tenant", "list", "--json"]));
+    let listed: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !listed.is_empty() && listed.len() < 2400,
+        "kills interrupted creation: {}",
+        listed.len()
+    );
+    let files: Vec<PathBuf> = files_under(&data.join("tenants"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "db"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        listed.len(),
+        "every file is a listed tenant and back"
+    );
+    for file in &files {
+        let c = raw(file);
+        let check: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((check.as_str(), v), ("ok", 1), "{}", file.display());
+    }
+    for id in &listed {
+        ok(tdb(&data, &["sql", id, "SELECT count(*) FROM todos"]));
+    }
+}

@@ -1,0 +1,487 @@
+//! [`Fleet`]: the library's entry point. It owns the data directory and is the only way the
+//! server, the CLI and the benchmarks reach tenant databases.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rusqlite::limits::Limit;
+use serde::Serialize;
+
+use crate::cache::{Cache, Lease};
+use crate::catalog::{Catalog, Migration, TenantRecord, TenantState, VersionUpdate};
+use crate::config::Config;
+use crate::connection;
+use crate::error::{Context, Error, Result, io_error};
+use crate::fsutil;
+use crate::guard::{self, GuardConfig};
+use crate::layout::Layout;
+use crate::migrate;
+use crate::reconcile::{self, ReconcileReport};
+use crate::session::TenantConnection;
+use crate::template;
+use crate::tenant_id::TenantId;
+use crate::time::unix_now;
+
+/// Reports need to attach this many tenant databases at once; SQLite fixes the ceiling at
+/// compile time (see `.cargo/config.toml`).
+pub const REQUIRED_MAX_ATTACHED: i32 = 125;
+
+/// How long deletion waits for a tenant's in-flight requests before giving up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A tenant as shown to operators: the catalog's record plus what the files say now.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantInfo {
+    #[serde(flatten)]
+    pub record: TenantRecord,
+    pub size_bytes: u64,
+}
+
+pub struct Fleet {
+    layout: Layout,
+    catalog: Catalog,
+    cache: Arc<Cache>,
+    ledger: RwLock<Arc<Vec<Migration>>>,
+    guard: Arc<GuardConfig>,
+    sync_every_commit: bool,
+    reconciled: ReconcileReport,
+}
+
+impl Fleet {
+    /// Opens (creating if needed) the data directory: catalog, template, and with
+    /// `reconcile_on_open` a check of files against the catalog.
+    pub fn open(config: Config) -> Result<Fleet> {
+        check_attach_limit()?;
+        let layout = Layout::new(&config.data_dir);
+        for dir in [
+            layout.root().to_path_buf(),
+            layout.tenants_dir(),
+            layout.trash_dir(),
+        ] {
+            fsutil::ensure_dir(&dir).map_err(io_error("creating the data directory", &dir))?;
+        }
+        let catalog = Catalog::open(&layout.catalog())?;
+        let ledger = catalog.ledger()?;
+        let latest = ledger.last().map_or(0, |m| m.version);
+        if template::version(&layout) != Some(latest) {
+            template::rebuild(&layout, &ledger)?;
+        }
+        let mut fleet = Fleet {
+            cache: Cache::new(config.cache_capacity, config.idle_connections_per_tenant),
+            layout,
+            catalog,
+            ledger: RwLock::new(Arc::new(ledger)),
+            guard: Arc::new(config.guard),
+            sync_every_commit: config.sync_every_commit,
+            reconciled: ReconcileReport::default(),
+        };
+        if config.reconcile_on_open {
+            fleet.reconciled = reconcile::run(&fleet.layout, &fleet.catalog)?;
+        }
+        Ok(fleet)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// What reconciliation found when the fleet was opened.
+    pub fn reconciled(&self) -> &ReconcileReport {
+        &self.reconciled
+    }
+
+    pub fn latest_version(&self) -> u32 {
+        self.ledger().last().map_or(0, |m| m.version)
+    }
+
+    fn ledger(&self) -> Arc<Vec<Migration>> {
+        Arc::clone(&self.ledger.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn reload_ledger(&self) -> Result<Arc<Vec<Migration>>> {
+        let fresh = Arc::new(self.catalog.ledger()?);
+        *self.ledger.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    /// Creates a tenant (an operator's explicit create). Refuses an id that is live; brings
+    /// back a deleted id as a new, empty tenant.
+    pub fn create_tenant(&self, id: &TenantId, actor: &str) -> Result<TenantRecord> {
+        if let Some(existing) = self.catalog.tenant(id)?
+            && existing.state == TenantState::Active
+        {
+            return Err(Error::TenantExists(id.to_string()));
+        }
+        let (record, created) = self.provision(id, true, actor)?;
+        if !created {
+            return Err(Error::TenantExists(id.to_string()));
+        }
+        Ok(record)
+    }
+
+    /// Makes sure a tenant exists (signup webhooks, lazy provisioning): creates it if it never
+    /// existed, returns it if it does, and refuses an id that was deleted, so a late or
+    /// replayed signup never resurrects a user who left.
+    pub fn ensure_tenant(&self, id: &TenantId, actor: &str) -> Result<(TenantRecord, bool)> {
+        if let Some(existing) = self.catalog.tenant(id)? {
+            return match existing.state {
+                TenantState::Active => Ok((existing, false)),
+                _ => Err(Error::TenantDeleted(id.to_string())),
+            };
+        }
+        let (record, created) = self.provision(id, false, actor)?;
+        if record.state != TenantState::Active {
+            return Err(Error::TenantDeleted(id.to_string()));
+        }
+        Ok((record, created))
+    }
+
+    /// Copies the template into place, then registers the tenant. A crash before the catalog
+    /// row leaves a complete file that reconciliation adopts; a crash before the rename leaves
+    /// only a staging file that reconciliation removes. Either way: no tenant, or a whole one.
+    /// A tenant this call creates is recorded in the admin audit as created by `actor`.
+    fn provision(&self, id: &TenantId, revive: bool, actor: &str) -> Result<(TenantRecord, bool)> {
+        let shard = self.layout.shard_dir(id);
+        fsutil::ensure_dir(&shard).map_err(io_error("creating a shard directory", &shard))?;
+        let target = self.layout.tenant_db(id);
+        let staging = self.layout.tenant_staging(id, fsutil::nonce());
+        let template = self.layout.template();
+        let copied = fsutil::copy_synced(&template, &staging)
+            .map_err(io_error("copying the template", &staging));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+        let placed = fsutil::move_no_replace(&staging, &target);
+        let adopted_version = match placed {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&staging);
+                Some(self.file_version(&target)?)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&staging);
+                return Err(io_error("placing a new tenant", &target)(e));
+            }
+        };
+        fsutil::sync_dir(&shard).map_err(io_error("syncing a shard directory", &shard))?;
+        let version = match adopted_version {
+            Some(v) => v,
+            None => template::version(&self.layout).unwrap_or(0),
+        };
+        if revive
+            && let Some(existing) = self.catalog.tenant(id)?
+            && existing.state != TenantState::Active
+        {
+            self.catalog.mark_restored(id, version)?;
+            self.catalog.audit(actor, "tenant.create", Some(id), None)?;
+            return Ok((self.require(id)?, true));
+        }
+        self.catalog
+            .insert_tenant_audited(id, version, actor, "tenant.create")
+    }
+
+    fn file_version(&self, path: &Path) -> Result<u32> {
+        let conn = connection::open_tenant(path, false)?;
+        migrate::user_version(&conn)
+    }
+
+    fn require(&self, id: &TenantId) -> Result<TenantRecord> {
+        self.catalog
+            .tenant(id)?
+            .ok_or_else(|| Error::TenantNotFound(id.to_string()))
+    }
+
+    /// A live tenant's record and current size.
+    pub fn tenant(&self, id: &TenantId) -> Result<TenantInfo> {
+        let record = self.require(id)?;
+        if record.state != TenantState::Active {
+            return Err(Error::TenantNotFound(id.to_string()));
+        }
+        Ok(self.info(record))
+    }
+
+    fn info(&self, record: TenantRecord) -> TenantInfo {
+        let size_bytes = fsutil::database_size(&self.layout.tenant_db(&record.id));
+        TenantInfo { record, size_bytes }
+    }
+
+    /// Live tenants in id order, starting after `after`.
+    pub fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantInfo>> {
+        let records = self.catalog.list(after, limit, false)?;
+        Ok(records.into_iter().map(|r| self.info(r)).collect())
+    }
+
+    /// A guarded connection to a live tenant, from the cache.
+    pub fn connect(&self, id: &TenantId) -> Result<Lease> {
+        self.cache
+            .checkout(id, |first| self.open_connection(id, first))
+    }
+
+    fn open_connection(&self, id: &TenantId, first: bool) -> Result<TenantConnection> {
+        let path = self.layout.tenant_db(id);
+        let mut conn = match connection::open_tenant(&path, self.sync_every_commit) {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.explain_unopenable(id, e)),
+        };
+        if first {
+            self.catch_up(id, &mut conn)?;
+        }
+        let guard = guard::install(&mut conn, &self.guard)?;
+        Ok(TenantConnection::new(
+            conn,
+            guard,
+            Arc::clone(&self.guard),
+            id.clone(),
+        ))
+    }
+
+    /// Migrates a tenant that is behind before it serves anything. If its migration fails, it
+    /// serves at its previous version and the failure is recorded for `migrate status`.
+    fn catch_up(&self, id: &TenantId, conn: &mut rusqlite::Connection) -> Result<()> {
+        let version = migrate::user_version(conn)?;
+        let mut ledger = self.ledger();
+        let latest = ledger.last().map_or(0, |m| m.version);
+        if version > latest {
+            // Another process registered newer migrations; learn them.
+            ledger = self.reload_ledger()?;
+        }
+        if version >= ledger.last().map_or(0, |m| m.version) {
+            return Ok(());
+        }
+        let (reached, failure) = migrate::apply(conn, &ledger, false)?;
+        if let Some(f) = &failure {
+            tracing::warn!(tenant = %id, version = f.version, error = %f.error, "migration on open failed");
+        }
+        self.catalog.apply_version_updates(&[VersionUpdate {
+            tenant: id.clone(),
+            version: reached,
+            failure: failure.map(|f| (f.version, f.error)),
+        }])
+    }
+
+    fn explain_unopenable(&self, id: &TenantId, e: Error) -> Error {
+        match self.catalog.tenant(id) {
+            Ok(None) => Error::TenantNotFound(id.to_string()),
+            Ok(Some(r)) if r.state != TenantState::Active => Error::TenantDeleted(id.to_string()),
+            Ok(Some(_)) if !self.layout.tenant_db(id).exists() => {
+                Error::TenantFileMissing(id.to_string())
+            }
+            _ => e,
+        }
+    }
+
+    /// Deletes a tenant: marks it deleted (a tombstone that stops re-creation), waits for its
+    /// in-flight requests, and moves its files to `trash/` (or removes them with `purge`).
+    pub fn delete_tenant(&self, id: &TenantId, purge: bool, actor: &str) -> Result<()> {
+        let record = self.require(id)?;
+        match record.state {
+            TenantState::Active => {}
+            TenantState::Deleted if purge => return self.purge_one(&record, actor),
+            _ => return Err(Error::TenantNotFound(id.to_string())),
+        }
+        let now = unix_now();
+        let trashed = self.layout.trashed_db(id, now);
+        let trash_name = file_name(&trashed);
+        let _fence = self.cache.fence(id);
+        self.catalog.mark_deleted(id, &trash_name, now)?;
+        self.cache.evict_and_wait(id, DRAIN_TIMEOUT)?;
+        move_database(&self.layout.tenant_db(id), &trashed)?;
+        self.catalog.audit(actor, "tenant.delete", Some(id), None)?;
+        if purge {
+            let record = self.require(id)?;
+            self.purge_one(&record, actor)?;
+        }
+        Ok(())
+    }
+
+    fn purge_one(&self, record: &TenantRecord, actor: &str) -> Result<()> {
+        if let Some(name) = &record.trash_file {
+            let path = self.layout.trash_dir().join(name);
+            template::remove_database(&path);
+            let trash = self.layout.trash_dir();
+            fsutil::sync_dir(&trash).map_err(io_error("syncing trash", &trash))?;
+        }
+        self.catalog.mark_purged(&record.id)?;
+        self.catalog
+            .audit(actor, "tenant.purge", Some(&record.id), None)
+    }
+
+    /// Brings a deleted tenant back from trash, as it was when deleted.
+    pub fn restore_tenant(&self, id: &TenantId, actor: &str) -> Result<TenantRecord> {
+        let record = self.require(id)?;
+        let name = match (&record.state, &record.trash_file) {
+            (TenantState::Deleted, Some(name)) => name.clone(),
+            (TenantState::Active, _) => return Err(Error::TenantExists(id.to_string())),
+            _ => return Err(Error::NothingToRestore(id.to_string())),
+        };
+        let trashed = self.layout.trash_dir().join(&name);
+        if !trashed.exists() {
+            return Err(Error::NothingToRestore(id.to_string()));
+        }
+        let shard = self.layout.shard_dir(id);
+        fsutil::ensure_dir(&shard).map_err(io_error("creating a shard directory", &shard))?;
+        move_database(&trashed, &self.layout.tenant_db(id))?;
+        let version = self.file_version(&self.layout.tenant_db(id))?;
+        self.catalog.mark_restored(id, version)?;
+        self.catalog
+            .audit(actor, "tenant.restore", Some(id), None)?;
+        self.require(id)
+    }
+
+    /// Purges trash older than the retention period; returns the tenants purged. Works from
+    /// the trash directory itself, so copies left behind by an admin re-creating a deleted id
+    /// are purged on the same schedule.
+    pub fn purge_expired(&self, retention: Duration, actor: &str) -> Result<Vec<TenantId>> {
+        let cutoff = unix_now() - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        let trash = self.layout.trash_dir();
+        let entries = std::fs::read_dir(&trash).map_err(io_error("scanning trash", &trash))?;
+        let mut purged = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("scanning trash", &trash))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((id, deleted_at)) = Layout::parse_trashed(&name) else {
+                continue;
+            };
+            if deleted_at > cutoff {
+                continue;
+            }
+            match self.catalog.tenant(&id)? {
+                Some(r)
+                    if r.state == TenantState::Deleted
+                        && r.trash_file.as_deref() == Some(&name) =>
+                {
+                    self.purge_one(&r, actor)?;
+                }
+                _ => {
+                    template::remove_database(&entry.path());
+                    self.catalog
+                        .audit(actor, "tenant.purge", Some(&id), Some(&name))?;
+                }
+            }
+            purged.push(id);
+        }
+        Ok(purged)
+    }
+
+    /// Writes a consistent snapshot of a live tenant to `out` with SQLite's online backup, while
+    /// the tenant keeps serving. The file is a standalone database in rollback-journal mode.
+    pub fn export_tenant(&self, id: &TenantId, out: &Path, actor: &str) -> Result<u64> {
+        let record = self.require(id)?;
+        if record.state != TenantState::Active {
+            return Err(Error::TenantNotFound(id.to_string()));
+        }
+        let source = connection::open_tenant(&self.layout.tenant_db(id), false)
+            .map_err(|e| self.explain_unopenable(id, e))?;
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let staging = dir.join(format!(".tenantdb-export.{}.tmp", fsutil::nonce()));
+        let result = (|| {
+            let mut dest = rusqlite::Connection::open(&staging).context("creating the export")?;
+            {
+                let backup = rusqlite::backup::Backup::new(&source, &mut dest)
+                    .context("starting the export")?;
+                // One step of all pages copies under one read transaction: a consistent
+                // snapshot, however busy the tenant is.
+                let step = backup.step(-1).context("copying the database")?;
+                if step != rusqlite::backup::StepResult::Done {
+                    return Err(Error::Busy(id.to_string()));
+                }
+            }
+            dest.execute_batch("PRAGMA journal_mode = DELETE")
+                .context("finishing the export")?;
+            dest.close().map_err(|(_, source)| Error::Sqlite {
+                context: "closing the export".into(),
+                source,
+            })?;
+            std::fs::File::open(&staging)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error("syncing the export", &staging))?;
+            std::fs::rename(&staging, out).map_err(io_error("writing the export", out))
+        })();
+        if let Err(e) = result {
+            template::remove_database(&staging);
+            return Err(e);
+        }
+        self.catalog.audit(
+            actor,
+            "tenant.export",
+            Some(id),
+            Some(&out.display().to_string()),
+        )?;
+        Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// Compares tenant files with catalog rows again (also done by `open`).
+    pub fn reconcile(&self) -> Result<ReconcileReport> {
+        reconcile::run(&self.layout, &self.catalog)
+    }
+
+    /// Closes every cached connection; leased ones close when handed back.
+    pub fn shutdown(&self) {
+        self.cache.shutdown();
+    }
+
+    pub(crate) fn set_ledger(&self, ledger: Vec<Migration>) {
+        *self.ledger.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ledger);
+    }
+
+    pub(crate) fn sync_every_commit(&self) -> bool {
+        self.sync_every_commit
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.cache.shutdown();
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Moves a database and its write-ahead log; the `-shm` index is rebuilt from them on open.
+fn move_database(from: &Path, to: &Path) -> Result<()> {
+    fsutil::move_no_replace(from, to).map_err(io_error("moving a database", from))?;
+    let wal_from = fsutil::side_file(from, "-wal");
+    if wal_from.exists() {
+        let wal_to = fsutil::side_file(to, "-wal");
+        fsutil::move_no_replace(&wal_from, &wal_to).map_err(io_error("moving a WAL", &wal_from))?;
+    }
+    let _ = std::fs::remove_file(fsutil::side_file(from, "-shm"));
+    for dir in [from.parent(), to.parent()].into_iter().flatten() {
+        fsutil::sync_dir(dir).map_err(io_error("syncing a directory", dir))?;
+    }
+    Ok(())
+}
+
+fn check_attach_limit() -> Result<()> {
+    let conn = rusqlite::Connection::open_in_memory().context("probing SQLite")?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, REQUIRED_MAX_ATTACHED)
+        .context("probing SQLite")?;
+    let max = conn
+        .limit(Limit::SQLITE_LIMIT_ATTACHED)
+        .context("probing SQLite")?;
+    if max < REQUIRED_MAX_ATTACHED {
+        return Err(Error::Config(format!(
+            "this build's SQLite attaches at most {max} databases; reports need \
+             {REQUIRED_MAX_ATTACHED}: build with LIBSQLITE3_FLAGS=-DSQLITE_MAX_ATTACHED=125 \
+             (set in .cargo/config.toml)"
+        )));
+    }
+    Ok(())
+}

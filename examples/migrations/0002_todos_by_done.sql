@@ -1,0 +1,1 @@
+CREATE INDEX todos_by_done ON todos (done, id);
