@@ -1,0 +1,1 @@
+//! tenantdb's HTTP server.
