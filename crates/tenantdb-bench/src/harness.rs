@@ -278,10 +278,6 @@ pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-pub fn nanos(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e9
-}
-
 /// Summarizes durations in microseconds.
 pub fn summarize_us(samples: &[Duration]) -> Summary {
     summarize(&samples.iter().copied().map(micros).collect::<Vec<_>>())
@@ -360,12 +356,15 @@ impl Report {
         let _ = writeln!(self.text, "{}", text.as_ref());
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({
-            "scenario": self.scenario,
-            "params": self.params,
-            "figures": self.figures,
-        })
+    /// The report as one line of JSON, keys in the documented order (scenario, params,
+    /// figures).
+    pub fn json_line(&self) -> Result<String> {
+        Ok(format!(
+            "{{\"scenario\":{},\"params\":{},\"figures\":{}}}",
+            serde_json::to_string(self.scenario)?,
+            serde_json::to_string(&self.params)?,
+            serde_json::to_string(&self.figures)?
+        ))
     }
 
     pub fn text(&self) -> &str {
@@ -409,7 +408,13 @@ mod tests {
         r.figure("big", 1234.567);
         r.figure("mid", 12.3456);
         r.figure("small", 0.123456);
-        let j = r.to_json();
+        r.param("tenants", 3u64);
+        let line = r.json_line().unwrap();
+        assert!(
+            line.starts_with(r#"{"scenario":"x","params":{"tenants":3},"figures":{"#),
+            "{line}"
+        );
+        let j: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(j["figures"]["big"], json!(1234.6));
         assert_eq!(j["figures"]["mid"], json!(12.35));
         assert_eq!(j["figures"]["small"], json!(0.1235));

@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Migrate => migrate::run(&workdir, &params)?,
     };
     if cli.json {
-        println!("{}", serde_json::to_string(&report.to_json())?);
+        println!("{}", report.json_line()?);
     } else {
         print!("{}", report.text());
     }

@@ -6,9 +6,9 @@
 //!   flags) + the same query + close, and a raw `std::fs::read` of the same file.
 //! - Memory: peak RSS after touching 10,000 tenants (or `--tenants`, if fewer) through a cache
 //!   of 1,000.
-//! - Warm: repeated point queries on a leased connection (as user SQL, through the guard),
-//!   the same with a cached statement, and a full cache hit (checkout + query + hand back)
-//!   across the cached tenants. Baseline: the same query on a plain, unguarded connection.
+//! - Warm: repeated point queries on a leased connection (as user SQL, through the guard), and
+//!   full cache hits (checkout + query + hand back) across the cached tenants. Baseline: the
+//!   same query on a plain, unguarded connection.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ use tenantdb::{Args, Fleet, TenantId, Value};
 
 use crate::Params;
 use crate::harness::{
-    POINT_QUERY, Report, Summary, Workdir, nanos, open_fleet, populated_fleet, reset_peak_rss,
+    POINT_QUERY, Report, Summary, Workdir, micros, open_fleet, populated_fleet, reset_peak_rss,
     status_mb, summarize, summarize_us,
 };
 
@@ -110,15 +110,11 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     report.figure("baseline_raw_read_us_p99", raw.p99);
     report.figure("ratio_cold_vs_naive_open", cold.median / naive.median);
     report.figure("ratio_cold_vs_raw_read", cold.median / raw.median);
-    report.figure("warm_us_median", warm.query.median / 1000.0);
-    report.figure("warm_us_p99", warm.query.p99 / 1000.0);
-    report.figure(
-        "warm_cached_statement_us_median",
-        warm.prepared.median / 1000.0,
-    );
-    report.figure("warm_checkout_us_median", warm.checkout.median / 1000.0);
-    report.figure("warm_checkout_us_p99", warm.checkout.p99 / 1000.0);
-    report.figure("baseline_warm_us_median", warm.baseline.median / 1000.0);
+    report.figure("warm_us_median", warm.query.median);
+    report.figure("warm_us_p99", warm.query.p99);
+    report.figure("warm_checkout_us_median", warm.checkout.median);
+    report.figure("warm_checkout_us_p99", warm.checkout.p99);
+    report.figure("baseline_warm_us_median", warm.baseline.median);
     report.figure(
         "ratio_warm_vs_baseline",
         warm.query.median / warm.baseline.median,
@@ -152,19 +148,15 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     ));
     report.line(us_row(
         "tenantdb  point query on a leased connection",
-        warm.query.scaled(1e-3),
-    ));
-    report.line(us_row(
-        "tenantdb  same with a cached statement",
-        warm.prepared.scaled(1e-3),
+        warm.query,
     ));
     report.line(us_row(
         "tenantdb  checkout + point query + hand back",
-        warm.checkout.scaled(1e-3),
+        warm.checkout,
     ));
     report.line(us_row(
         "baseline  point query on a plain connection",
-        warm.baseline.scaled(1e-3),
+        warm.baseline,
     ));
     report.line(format!(
         "  ratio     {:.2} (leased query / plain connection, medians)",
@@ -230,20 +222,6 @@ fn point(id: i64) -> Args {
     }
 }
 
-trait Scaled {
-    fn scaled(self, by: f64) -> Summary;
-}
-
-impl Scaled for Summary {
-    fn scaled(self, by: f64) -> Summary {
-        Summary {
-            median: self.median * by,
-            p99: self.p99 * by,
-            count: self.count,
-        }
-    }
-}
-
 fn us_row(what: &str, s: Summary) -> String {
     format!(
         "  {what:<48} median {:>9.2} us   p99 {:>9.2} us   ({} samples)",
@@ -251,10 +229,9 @@ fn us_row(what: &str, s: Summary) -> String {
     )
 }
 
-/// Warm figures, in nanoseconds.
+/// Warm figures, in microseconds.
 struct Warm {
     query: Summary,
-    prepared: Summary,
     checkout: Summary,
     baseline: Summary,
 }
@@ -272,16 +249,6 @@ fn warm_figures(
     let args = point(key(first_index));
     let query = timed_loop(budget, |_| {
         lease.execute(POINT_QUERY, &args)?;
-        Ok(())
-    })?;
-    let prepared = timed_loop(budget, |_| {
-        let mut stmt = lease
-            .sqlite()
-            .prepare_cached(POINT_QUERY)
-            .context("preparing the point query")?;
-        let _: String = stmt
-            .query_row([key(first_index)], |r| r.get(0))
-            .context("running the point query")?;
         Ok(())
     })?;
     drop(lease);
@@ -307,14 +274,13 @@ fn warm_figures(
 
     Ok(Warm {
         query,
-        prepared,
         checkout,
         baseline,
     })
 }
 
 /// Runs `f` repeatedly for `budget` (at least 1,000 times) and summarizes each call's time in
-/// nanoseconds.
+/// microseconds.
 fn timed_loop(budget: Duration, mut f: impl FnMut(usize) -> Result<()>) -> Result<Summary> {
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -322,7 +288,7 @@ fn timed_loop(budget: Duration, mut f: impl FnMut(usize) -> Result<()>) -> Resul
     while n < 1000 || started.elapsed() < budget {
         let t = Instant::now();
         f(n)?;
-        samples.push(nanos(t.elapsed()));
+        samples.push(micros(t.elapsed()));
         n += 1;
     }
     Ok(summarize(&samples))

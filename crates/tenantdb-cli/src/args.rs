@@ -26,6 +26,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve every tenant's database over Hrana (libSQL clients) with JWT auth.
+    Serve(ServeArgs),
+    /// Mint a user token for a tenant with the configured HS256 secret (development).
+    Token {
+        id: String,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
     /// Create, inspect, export and delete tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -99,4 +110,70 @@ pub enum MigrateStatus {
         #[arg(long, env = "TENANTDB_MIGRATIONS")]
         migrations: Option<PathBuf>,
     },
+}
+
+/// Where user tokens and the admin token are checked against (DESIGN section 5.4).
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// HS256 secret shared with the auth provider or the app that mints user tokens.
+    #[arg(long, env = "TENANTDB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file (RS256, ES256 or EdDSA, from the key).
+    #[arg(long, env = "TENANTDB_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// JWKS file; keys are chosen by the token's `kid`.
+    #[arg(long, env = "TENANTDB_JWKS")]
+    pub jwks: Option<PathBuf>,
+    /// Required `iss` of user tokens.
+    #[arg(long, env = "TENANTDB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The claim that names the user's tenant.
+    #[arg(long, env = "TENANTDB_TENANT_CLAIM", default_value = "sub")]
+    pub tenant_claim: String,
+    /// The operator's token for the admin API and `x-tenant`.
+    #[arg(long, env = "TENANTDB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TENANTDB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Migrations directory: registered at start-up and rolled out to the fleet in the
+    /// background; tenants opened before the rollout reaches them are migrated on open.
+    #[arg(long, env = "TENANTDB_MIGRATIONS")]
+    pub migrations: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Do not create a user's database on their first request (only webhooks and admins do).
+    #[arg(long)]
+    pub no_lazy_provisioning: bool,
+    /// Let user SQL change the schema (CREATE/ALTER/DROP). Off: the schema belongs to migrations.
+    #[arg(long)]
+    pub allow_ddl: bool,
+    /// Tenants kept open in the connection cache.
+    #[arg(long, default_value_t = 1000)]
+    pub cache_capacity: usize,
+    /// Longest a statement may run, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub statement_timeout_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Largest result one request may return, in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_response_bytes: usize,
+    /// Largest database a tenant may grow to, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_database_bytes: u64,
+    /// Requests running SQL at once; more wait their turn.
+    #[arg(long, default_value_t = 128)]
+    pub max_concurrent_requests: usize,
+    /// Seconds an interactive transaction may sit idle before it is rolled back.
+    #[arg(long, default_value_t = 10)]
+    pub stream_idle_timeout_secs: u64,
+    /// Seconds a whole request may take.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
 }

@@ -3,6 +3,7 @@
 mod args;
 mod output;
 mod progress;
+mod serve;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +21,13 @@ const ACTOR: &str = "cli";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tenantdb=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -34,8 +42,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     for raw in ids_named(&cli.command) {
         tenant_id(raw)?;
     }
+    match cli.command {
+        Command::Serve(args) => {
+            serve::serve(&cli.data_dir, args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Token { id, ttl, auth } => {
+            serve::token(&cli.data_dir, &id, &ttl, &auth)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let fleet = open(&cli.data_dir)?;
     match cli.command {
+        Command::Serve(_) | Command::Token { .. } => unreachable!("handled above"),
         Command::Tenant(cmd) => tenant(&fleet, cmd, cli.json),
         Command::Sql { id, sql } => run_sql(&fleet, &id, &sql, cli.json),
         Command::Migrate(cmd) => migrate(&fleet, cmd, cli.json),
@@ -51,7 +71,9 @@ fn ids_named(command: &Command) -> Vec<&str> {
             | TenantCommand::Restore { id }
             | TenantCommand::Export { id, .. },
         )
-        | Command::Sql { id, .. } => vec![id.as_str()],
+        | Command::Sql { id, .. }
+        | Command::Token { id, .. } => vec![id.as_str()],
+        Command::Serve(_) => Vec::new(),
         Command::Tenant(TenantCommand::List { .. }) | Command::Migrate(_) => Vec::new(),
     }
 }

@@ -1,1 +1,70 @@
-//! tenantdb's HTTP server.
+//! tenantdb's HTTP server: Hrana over HTTP for libSQL clients, authenticated by each user's
+//! JWT so every request reaches only its own user's database.
+//!
+//! The server is a thin caller of [`tenantdb::Fleet`]; SQLite work runs on tokio's blocking
+//! pool, bounded by [`ServerConfig::max_concurrent_requests`].
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod hrana;
+mod routes;
+pub mod secrets;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenantdb::Fleet;
+use tokio::net::TcpListener;
+
+pub use app::App;
+pub use config::ServerConfig;
+pub use routes::router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("authentication setup: {0}")]
+    Auth(#[from] auth::AuthSetupError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests, rolls back open
+/// transactions and closes every connection.
+pub async fn serve(
+    fleet: Arc<Fleet>,
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = App::new(fleet, config)?;
+    let reaper = tokio::spawn(reap_streams(Arc::clone(&app)));
+    axum::serve(listener, router(Arc::clone(&app)))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    reaper.abort();
+    let worker = Arc::clone(&app);
+    let _ = tokio::task::spawn_blocking(move || {
+        // Dropping a stream hands its connection back; one left in a transaction is closed,
+        // which rolls the transaction back.
+        drop(worker.streams.drain());
+        worker.fleet.shutdown();
+    })
+    .await;
+    Ok(())
+}
+
+/// Closes streams left idle past the timeout (clients that vanished mid-transaction).
+async fn reap_streams(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let expired = app.streams.expire();
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "closing idle streams");
+            let _ = tokio::task::spawn_blocking(move || drop(expired)).await;
+        }
+    }
+}

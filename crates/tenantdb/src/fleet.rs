@@ -190,7 +190,14 @@ impl Fleet {
             .insert_tenant_audited(id, version, actor, "tenant.create")
     }
 
+    /// A tenant file's version: from its header when no write-ahead log could hold a newer
+    /// one (cheap, and leaves no `-wal`/`-shm` behind), else through SQLite.
     fn file_version(&self, path: &Path) -> Result<u32> {
+        if !fsutil::side_file(path, "-wal").exists()
+            && let Some(version) = fsutil::header_user_version(path)
+        {
+            return Ok(version);
+        }
         let conn = connection::open_tenant(path, false)?;
         migrate::user_version(&conn)
     }
@@ -231,7 +238,13 @@ impl Fleet {
         let path = self.layout.tenant_db(id);
         let mut conn = match connection::open_tenant(&path, self.sync_every_commit) {
             Ok(conn) => conn,
-            Err(e) => return Err(self.explain_unopenable(id, e)),
+            // Another thread may have finished creating the tenant since the first attempt.
+            Err(e) => match self.explain_unopenable(id, e) {
+                Error::Sqlite { .. } if path.exists() => {
+                    connection::open_tenant(&path, self.sync_every_commit)?
+                }
+                other => return Err(other),
+            },
         };
         if first {
             self.catch_up(id, &mut conn)?;
@@ -295,7 +308,9 @@ impl Fleet {
         let _fence = self.cache.fence(id);
         self.catalog.mark_deleted(id, &trash_name, now)?;
         self.cache.evict_and_wait(id, DRAIN_TIMEOUT)?;
-        move_database(&self.layout.tenant_db(id), &trashed)?;
+        let path = self.layout.tenant_db(id);
+        checkpoint(&path);
+        move_database(&path, &trashed)?;
         self.catalog.audit(actor, "tenant.delete", Some(id), None)?;
         if purge {
             let record = self.require(id)?;
@@ -454,13 +469,33 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Folds a leftover write-ahead log into the database file, so a tenant moves as one file.
+/// Best effort: if it cannot (another process holds the tenant open), the log moves with it.
+fn checkpoint(db: &Path) {
+    if fsutil::side_file(db, "-wal").exists()
+        && let Ok(conn) = connection::open_tenant(db, false)
+    {
+        let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        let _ = conn.close();
+    }
+}
+
 /// Moves a database and its write-ahead log; the `-shm` index is rebuilt from them on open.
+/// An empty log holds nothing (tenant connections keep theirs when they close, see
+/// [`connection`]), so it is removed rather than moved.
 fn move_database(from: &Path, to: &Path) -> Result<()> {
     fsutil::move_no_replace(from, to).map_err(io_error("moving a database", from))?;
     let wal_from = fsutil::side_file(from, "-wal");
-    if wal_from.exists() {
-        let wal_to = fsutil::side_file(to, "-wal");
-        fsutil::move_no_replace(&wal_from, &wal_to).map_err(io_error("moving a WAL", &wal_from))?;
+    match std::fs::metadata(&wal_from) {
+        Ok(meta) if meta.len() == 0 => {
+            let _ = std::fs::remove_file(&wal_from);
+        }
+        Ok(_) => {
+            let wal_to = fsutil::side_file(to, "-wal");
+            fsutil::move_no_replace(&wal_from, &wal_to)
+                .map_err(io_error("moving a WAL", &wal_from))?;
+        }
+        Err(_) => {}
     }
     let _ = std::fs::remove_file(fsutil::side_file(from, "-shm"));
     for dir in [from.parent(), to.parent()].into_iter().flatten() {

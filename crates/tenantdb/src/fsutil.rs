@@ -58,3 +58,18 @@ pub fn side_file(db: &Path, suffix: &str) -> std::path::PathBuf {
     s.push(suffix);
     s.into()
 }
+
+/// Reads `user_version` (the big-endian u32 at offset 60) from a database file's header.
+/// Only meaningful when no write-ahead log holds newer pages: a template, or a file with no
+/// `-wal` beside it.
+pub fn header_user_version(db: &Path) -> Option<u32> {
+    let mut header = [0u8; 100];
+    let mut file = File::open(db).ok()?;
+    io::Read::read_exact(&mut file, &mut header).ok()?;
+    if &header[..16] != b"SQLite format 3\0" {
+        return None;
+    }
+    Some(u32::from_be_bytes([
+        header[60], header[61], header[62], header[63],
+    ]))
+}

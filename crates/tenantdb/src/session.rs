@@ -1,4 +1,8 @@
 //! A guarded connection to one tenant's database, and running user SQL on it.
+//!
+//! Everything user SQL does goes through [`TenantConnection::run`]: it arms the statement
+//! timer, binds arguments, streams rows to a [`RowSink`], and turns SQLite's errors into the
+//! ones a user should see.
 
 use std::sync::Arc;
 
@@ -27,11 +31,35 @@ pub struct StatementResult {
     pub last_insert_rowid: Option<i64>,
 }
 
+/// How a statement ended, apart from its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub rows_affected: u64,
+    pub last_insert_rowid: Option<i64>,
+}
+
 /// Arguments bound to a statement, by position (`?`, `?NNN`) or by name (`:a`, `@a`, `$a`).
+/// A named argument given without its prefix is matched against `:`, `@` and `$`.
 #[derive(Debug, Clone, Default)]
 pub struct Args {
     pub positional: Vec<Value>,
     pub named: Vec<(String, Value)>,
+}
+
+/// Receives a statement's result as it is produced, so large results can stream.
+pub trait RowSink {
+    fn columns(&mut self, columns: &[ColumnInfo]) -> Result<()>;
+    fn row(&mut self, row: Vec<Value>) -> Result<()>;
+}
+
+/// What parsing a statement tells without running it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Description {
+    /// Parameter names (`:a`, `?2`), `None` for plain `?`.
+    pub params: Vec<Option<String>>,
+    pub columns: Vec<ColumnInfo>,
+    pub is_explain: bool,
+    pub is_readonly: bool,
 }
 
 /// A tenant connection with the guard installed; user SQL only ever runs through one.
@@ -65,42 +93,100 @@ impl TenantConnection {
         &self.guard
     }
 
-    /// The underlying SQLite connection, still guarded: protocol layers use it to prepare and
-    /// step statements themselves.
-    pub fn sqlite(&self) -> &Connection {
-        &self.conn
+    pub fn limits(&self) -> &GuardConfig {
+        &self.limits
     }
 
     pub fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
     }
 
-    /// Runs one statement with the statement time limit and the response size limit.
-    pub fn execute(&mut self, sql: &str, args: &Args) -> Result<StatementResult> {
+    /// Runs one statement, streaming its rows into `sink` (`want_rows = false` discards them
+    /// but still runs the statement to completion).
+    pub fn run(
+        &mut self,
+        sql: &str,
+        args: &Args,
+        want_rows: bool,
+        sink: &mut dyn RowSink,
+    ) -> Result<Outcome> {
         let _armed = self.guard.arm(self.limits.statement_timeout);
-        let mut stmt = self.conn.prepare(sql).map_err(|e| self.user_error(e))?;
-        bind(&mut stmt, args).map_err(|e| self.user_error(e))?;
-        collect(&self.conn, &mut stmt, self.limits.max_response_bytes).map_err(|e| self.lift(e))
+        let (sql, read_only_begin) = match read_only_begin(sql) {
+            true => ("BEGIN DEFERRED", true),
+            false => (sql, false),
+        };
+        let result = (|| {
+            let mut stmt = self.conn.prepare(sql).map_err(|e| self.user_error(e))?;
+            bind(&mut stmt, args).map_err(|e| self.user_error(e))?;
+            step_all(&self.conn, &mut stmt, want_rows, sink).map_err(|e| self.lift(e))
+        })();
+        if result.is_ok() && read_only_begin {
+            self.guard.set_read_only(true);
+        }
+        if self.conn.is_autocommit() {
+            self.guard.set_read_only(false);
+        }
+        result
+    }
+
+    /// Runs one statement and collects its result, within the response size limit.
+    pub fn execute(&mut self, sql: &str, args: &Args) -> Result<StatementResult> {
+        let mut sink = Collect::new(self.limits.max_response_bytes);
+        let outcome = self.run(sql, args, true, &mut sink)?;
+        Ok(StatementResult {
+            columns: sink.columns,
+            rows: sink.rows,
+            rows_affected: outcome.rows_affected,
+            last_insert_rowid: outcome.last_insert_rowid,
+        })
     }
 
     /// Runs every statement in `sql` in order and returns each one's result; stops at the first
     /// failure. What ran before it stays applied unless the script opened a transaction.
     pub fn execute_script(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        if read_only_begin(sql) {
+            return Ok(vec![self.execute(sql, &Args::default())?]);
+        }
         let _armed = self.guard.arm(self.limits.statement_timeout);
         let mut results = Vec::new();
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
         loop {
-            let next = batch.next();
-            match next {
-                Ok(Some(mut stmt)) => {
-                    let result = collect(&self.conn, &mut stmt, self.limits.max_response_bytes)
-                        .map_err(|e| self.lift(e))?;
-                    results.push(result);
-                }
-                Ok(None) => return Ok(results),
-                Err(e) => return Err(self.user_error(e)),
-            }
+            let next = batch.next().map_err(|e| self.user_error(e))?;
+            let Some(mut stmt) = next else { break };
+            let mut sink = Collect::new(self.limits.max_response_bytes);
+            let outcome =
+                step_all(&self.conn, &mut stmt, true, &mut sink).map_err(|e| self.lift(e))?;
+            results.push(StatementResult {
+                columns: sink.columns,
+                rows: sink.rows,
+                rows_affected: outcome.rows_affected,
+                last_insert_rowid: outcome.last_insert_rowid,
+            });
         }
+        if self.conn.is_autocommit() {
+            self.guard.set_read_only(false);
+        }
+        Ok(results)
+    }
+
+    /// Parses a statement and reports its parameters and columns without running it.
+    pub fn describe(&mut self, sql: &str) -> Result<Description> {
+        let _armed = self.guard.arm(self.limits.statement_timeout);
+        let sql = if read_only_begin(sql) {
+            "BEGIN DEFERRED"
+        } else {
+            sql
+        };
+        let stmt = self.conn.prepare(sql).map_err(|e| self.user_error(e))?;
+        let params = (1..=stmt.parameter_count())
+            .map(|i| stmt.parameter_name(i).map(str::to_string))
+            .collect();
+        Ok(Description {
+            params,
+            columns: columns(&stmt),
+            is_explain: stmt.is_explain() > 0,
+            is_readonly: stmt.readonly(),
+        })
     }
 
     fn lift(&self, e: Error) -> Error {
@@ -124,71 +210,130 @@ impl TenantConnection {
     }
 }
 
+/// libSQL clients open read transactions with `BEGIN TRANSACTION READONLY`, which SQLite does
+/// not parse; it runs as `BEGIN DEFERRED` with the guard refusing every write until it ends.
+fn read_only_begin(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect();
+    matches!(
+        words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["BEGIN", "READONLY"] | ["BEGIN", "TRANSACTION", "READONLY"]
+    )
+}
+
 fn bind(stmt: &mut Statement<'_>, args: &Args) -> rusqlite::Result<()> {
+    let expected = stmt.parameter_count();
+    if args.positional.len() > expected {
+        return Err(rusqlite::Error::InvalidParameterCount(
+            args.positional.len(),
+            expected,
+        ));
+    }
     for (i, value) in args.positional.iter().enumerate() {
         stmt.raw_bind_parameter(i + 1, value)?;
     }
     for (name, value) in &args.named {
-        let index = match stmt.parameter_index(name)? {
-            Some(i) => Some(i),
-            None if !name.starts_with([':', '@', '$']) => [":", "@", "$"]
+        let index = if name.starts_with([':', '@', '$', '?']) {
+            stmt.parameter_index(name)?
+        } else {
+            [":", "@", "$"]
                 .iter()
-                .find_map(|p| stmt.parameter_index(&format!("{p}{name}")).ok().flatten()),
-            None => None,
+                .find_map(|p| stmt.parameter_index(&format!("{p}{name}")).ok().flatten())
         };
-        if let Some(i) = index {
-            stmt.raw_bind_parameter(i, value)?;
+        match index {
+            Some(i) => stmt.raw_bind_parameter(i, value)?,
+            None => return Err(rusqlite::Error::InvalidParameterName(name.clone())),
         }
     }
     Ok(())
 }
 
-fn collect(
-    conn: &Connection,
-    stmt: &mut Statement<'_>,
-    max_bytes: usize,
-) -> std::result::Result<StatementResult, Error> {
-    let columns: Vec<ColumnInfo> = stmt
-        .columns()
+fn columns(stmt: &Statement<'_>) -> Vec<ColumnInfo> {
+    stmt.columns()
         .map(|c| ColumnInfo {
             name: c.name().to_string(),
             decltype: c.decl_type().map(str::to_string),
         })
-        .collect();
-    let width = columns.len();
+        .collect()
+}
+
+fn step_all(
+    conn: &Connection,
+    stmt: &mut Statement<'_>,
+    want_rows: bool,
+    sink: &mut dyn RowSink,
+) -> Result<Outcome> {
+    let cols = columns(stmt);
+    let width = cols.len();
+    sink.columns(&cols)?;
     let readonly = stmt.readonly();
     let changes_before = conn.total_changes();
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
     let mut raw = stmt.raw_query();
     while let Some(row) = raw.next().map_err(sqlite)? {
+        if !want_rows {
+            continue;
+        }
         let mut values = Vec::with_capacity(width);
         for i in 0..width {
-            let value = row.get_ref(i).map_err(sqlite)?;
-            bytes += value_size(value);
-            values.push(owned(value));
+            values.push(owned(row.get_ref(i).map_err(sqlite)?));
         }
-        if bytes > max_bytes {
-            return Err(Error::ResponseTooLarge(max_bytes));
-        }
-        rows.push(values);
+        sink.row(values)?;
     }
     drop(raw);
     // `changes()` keeps the count of the last INSERT/UPDATE/DELETE, even across DDL and
     // transaction statements; only a statement that changed rows reports it.
-    let (rows_affected, last_insert_rowid) = if readonly {
-        (0, None)
-    } else if conn.total_changes() == changes_before {
-        (0, Some(conn.last_insert_rowid()))
+    let rows_affected = if readonly || conn.total_changes() == changes_before {
+        0
     } else {
-        (conn.changes(), Some(conn.last_insert_rowid()))
+        conn.changes()
     };
-    Ok(StatementResult {
-        columns,
-        rows,
+    Ok(Outcome {
         rows_affected,
-        last_insert_rowid,
+        last_insert_rowid: (!readonly).then(|| conn.last_insert_rowid()),
     })
+}
+
+/// Collects a result in memory, refusing past `max_bytes`.
+pub struct Collect {
+    pub columns: Vec<ColumnInfo>,
+    pub rows: Vec<Vec<Value>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Collect {
+    pub fn new(max_bytes: usize) -> Self {
+        Collect {
+            columns: Vec::new(),
+            rows: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+}
+
+impl RowSink for Collect {
+    fn columns(&mut self, columns: &[ColumnInfo]) -> Result<()> {
+        self.columns = columns.to_vec();
+        Ok(())
+    }
+
+    fn row(&mut self, row: Vec<Value>) -> Result<()> {
+        self.bytes += row.iter().map(value_size).sum::<usize>();
+        if self.bytes > self.max_bytes {
+            return Err(Error::ResponseTooLarge(self.max_bytes));
+        }
+        self.rows.push(row);
+        Ok(())
+    }
 }
 
 fn sqlite(source: rusqlite::Error) -> Error {
@@ -198,10 +343,12 @@ fn sqlite(source: rusqlite::Error) -> Error {
     }
 }
 
-fn value_size(v: ValueRef<'_>) -> usize {
+/// Approximate bytes a value takes in a response, for the response size limit.
+pub fn value_size(v: &Value) -> usize {
     match v {
-        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => 8,
-        ValueRef::Text(t) | ValueRef::Blob(t) => t.len() + 8,
+        Value::Null | Value::Integer(_) | Value::Real(_) => 8,
+        Value::Text(t) => t.len() + 8,
+        Value::Blob(b) => b.len() + 8,
     }
 }
 
@@ -212,5 +359,24 @@ fn owned(v: ValueRef<'_>) -> Value {
         ValueRef::Real(f) => Value::Real(f),
         ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_read_only_begin() {
+        for sql in [
+            "BEGIN TRANSACTION READONLY",
+            "begin readonly;",
+            "  Begin  Transaction  ReadOnly ; ",
+        ] {
+            assert!(read_only_begin(sql), "{sql}");
+        }
+        for sql in ["BEGIN", "BEGIN TRANSACTION", "SELECT 'BEGIN READONLY'"] {
+            assert!(!read_only_begin(sql), "{sql}");
+        }
     }
 }

@@ -10,19 +10,11 @@ use crate::fsutil;
 use crate::layout::Layout;
 use crate::migrate;
 
-/// The template's version, or `None` when there is no usable template. Read from the file
-/// header (`user_version` is the big-endian u32 at offset 60): the template is always fully
-/// checkpointed, and opening it with SQLite would leave `-wal`/`-shm` files behind.
+/// The template's version, or `None` when there is no usable template. The template is always
+/// fully checkpointed, so its header tells; opening it with SQLite would leave `-wal`/`-shm`
+/// files behind.
 pub fn version(layout: &Layout) -> Option<u32> {
-    let mut header = [0u8; 100];
-    let mut file = std::fs::File::open(layout.template()).ok()?;
-    std::io::Read::read_exact(&mut file, &mut header).ok()?;
-    if &header[..16] != b"SQLite format 3\0" {
-        return None;
-    }
-    Some(u32::from_be_bytes([
-        header[60], header[61], header[62], header[63],
-    ]))
+    fsutil::header_user_version(&layout.template())
 }
 
 /// Builds the template at the last of `migrations` beside the old one and swaps it in

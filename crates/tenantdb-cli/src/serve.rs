@@ -1,0 +1,190 @@
+//! `tenantdb serve` and `tenantdb token`: configuration from flags and environment, dev
+//! secrets when nothing is configured, and the server's lifetime.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tenantdb::{Config, Fleet, GuardConfig, MigrateOptions, NoProgress, TenantId};
+use tenantdb_server::ServerConfig;
+use tenantdb_server::auth::{AuthConfig, mint_token_for};
+use tenantdb_server::secrets::DevSecrets;
+
+use crate::args::{AuthArgs, ServeArgs};
+
+/// Builds the auth configuration; with no secret, key or admin token configured at all, uses
+/// (creating on first use) the data directory's dev secrets.
+fn auth_config(args: &AuthArgs, data_dir: &Path) -> Result<(AuthConfig, Option<DevSecrets>)> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let mut config = AuthConfig {
+        jwt_secret: args.jwt_secret.clone(),
+        jwt_public_key_pem: args.jwt_public_key.as_deref().map(read).transpose()?,
+        jwks_json: args.jwks.as_deref().map(read).transpose()?,
+        issuer: args.jwt_issuer.clone(),
+        tenant_claim: args.tenant_claim.clone(),
+        admin_token: args.admin_token.clone(),
+        ..AuthConfig::default()
+    };
+    let nothing_configured = config.jwt_secret.is_none()
+        && config.jwt_public_key_pem.is_none()
+        && config.jwks_json.is_none()
+        && config.admin_token.is_none();
+    if !nothing_configured {
+        return Ok((config, None));
+    }
+    let dev = tenantdb_server::secrets::load_or_create(data_dir)
+        .context("creating development secrets")?;
+    config.jwt_secret = Some(dev.jwt_secret.clone());
+    config.admin_token = Some(dev.admin_token.clone());
+    Ok((config, Some(dev)))
+}
+
+pub fn token(data_dir: &Path, id: &str, ttl: &str, args: &AuthArgs) -> Result<()> {
+    let tenant = TenantId::new(id)?;
+    let ttl = parse_duration(ttl)?;
+    let mut config = AuthConfig {
+        jwt_secret: args.jwt_secret.clone(),
+        issuer: args.jwt_issuer.clone(),
+        tenant_claim: args.tenant_claim.clone(),
+        ..AuthConfig::default()
+    };
+    if config.jwt_secret.is_none() {
+        match tenantdb_server::secrets::load(data_dir).context("reading development secrets")? {
+            Some(dev) => config.jwt_secret = Some(dev.jwt_secret),
+            None => bail!(
+                "no JWT secret: set TENANTDB_JWT_SECRET (or --jwt-secret), or run `tenantdb serve` \
+                 once without any auth configuration to create development secrets in {}",
+                data_dir.join("secrets.toml").display()
+            ),
+        }
+    }
+    println!("{}", mint_token_for(&config, &tenant, ttl)?);
+    Ok(())
+}
+
+/// `90s`, `30m`, `1h`, `7d`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("invalid duration {text:?}: use 90s, 30m, 1h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("invalid duration {text:?}: use 90s, 30m, 1h or 7d"),
+    };
+    if secs == 0 {
+        bail!("the duration must be positive");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
+    let (auth, dev) = auth_config(&args.auth, data_dir)?;
+    let mut config = Config::new(data_dir);
+    config.cache_capacity = args.cache_capacity.max(1);
+    config.guard = GuardConfig {
+        allow_ddl: args.allow_ddl,
+        statement_timeout: Duration::from_millis(args.statement_timeout_ms.max(1)),
+        max_response_bytes: args.max_response_bytes,
+        max_database_bytes: args.max_database_bytes,
+        ..GuardConfig::default()
+    };
+    let fleet = Arc::new(
+        Fleet::open(config)
+            .with_context(|| format!("opening data directory {}", data_dir.display()))?,
+    );
+    if let Some(dir) = &args.migrations {
+        start_rollout(&fleet, dir)?;
+    }
+    let server = ServerConfig {
+        listen: args.listen,
+        auth,
+        lazy_provisioning: !args.no_lazy_provisioning,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        max_concurrent_requests: args.max_concurrent_requests.max(1),
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs.max(1)),
+        ..ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(server.listen)
+            .await
+            .with_context(|| format!("listening on {}", server.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!("tenantdb serving {} on http://{addr}", data_dir.display());
+        if let Some(dev) = &dev {
+            eprintln!(
+                "development mode: secrets generated in {} (mode 0600)\n  user token:  tenantdb --data-dir {} token alice\n  admin token: {}",
+                data_dir.join("secrets.toml").display(),
+                data_dir.display(),
+                dev.admin_token
+            );
+        }
+        tenantdb_server::serve(fleet, server, listener, shutdown_signal()).await?;
+        eprintln!("tenantdb stopped");
+        Ok(())
+    })
+}
+
+/// Registers the migrations (refusing to start on an edited or broken one), then rolls them
+/// out while the server already serves.
+fn start_rollout(fleet: &Arc<Fleet>, dir: &Path) -> Result<()> {
+    let status = fleet.migration_status(Some(dir))?;
+    if let Some(problem) = status.problem {
+        bail!("migrations in {}: {problem}", dir.display());
+    }
+    let fleet = Arc::clone(fleet);
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("tenantdb-rollout".into())
+        .spawn(move || {
+            match fleet.migrate(&dir, &MigrateOptions::default(), &NoProgress, "serve") {
+                Ok(report) => tracing::info!(
+                    version = report.schema_version,
+                    migrated = report.migrated,
+                    failed = report.failed.len(),
+                    "migrations rolled out"
+                ),
+                Err(e) => tracing::error!(error = %e, "migration rollout failed"),
+            }
+        })
+        .context("starting the migration rollout")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    eprintln!("tenantdb: shutting down (finishing in-flight requests)");
+}

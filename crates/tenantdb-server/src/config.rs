@@ -1,0 +1,41 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::AuthConfig;
+
+/// How the server runs. The defaults suit one machine serving a web application's users.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub auth: AuthConfig,
+    /// Create a user's database on their first authenticated request (signup webhooks are not
+    /// guaranteed to arrive first, or at all). Deleted users are never re-created this way.
+    pub lazy_provisioning: bool,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// A request that takes longer is answered 503; its statements are bounded separately by
+    /// the guard's statement timeout.
+    pub request_timeout: Duration,
+    /// Requests running SQL at once; more wait their turn. SQLite work runs on blocking
+    /// threads, so this bounds those threads and the connections in use.
+    pub max_concurrent_requests: usize,
+    /// An interactive stream (an open transaction) idle for longer is closed and rolled back.
+    pub stream_idle_timeout: Duration,
+    /// Open streams across all tenants.
+    pub max_streams: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthConfig::default(),
+            lazy_provisioning: true,
+            max_body_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 128,
+            stream_idle_timeout: Duration::from_secs(10),
+            max_streams: 10_000,
+        }
+    }
+}

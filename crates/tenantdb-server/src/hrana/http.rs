@@ -1,0 +1,294 @@
+//! The data-plane routes: `/v2/pipeline`, `/v3/pipeline`, `/v3/cursor`, `/v1/execute`,
+//! `/v1/batch`.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::exec::{Budget, Next};
+use super::proto::{
+    Batch, BatchResult, CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody,
+    PipelineRespBody, Stmt, StmtResult, StreamResult,
+};
+use super::streams::{BatonError, Stream};
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn json_response(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ApiError::internal(e).hrana().into_response(),
+    }
+}
+
+/// Reads and parses a JSON body within the size limit, after authentication: an
+/// unauthenticated caller learns nothing, not even whether its body parses.
+async fn authenticated<T: DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Principal, T)> {
+    let principal = app
+        .auth
+        .authenticate(headers)
+        .map_err(|e| ApiError::from(e).hrana())?;
+    let bytes: Bytes = axum::body::to_bytes(body, app.config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!(
+                    "the request body is larger than the limit of {} bytes",
+                    app.config.max_body_bytes
+                ),
+            )
+            .hrana()
+        })?;
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "PROTOCOL_ERROR",
+            format!("malformed request body: {e}"),
+        )
+        .hrana()
+    })?;
+    Ok((principal, parsed))
+}
+
+/// Runs blocking SQLite work on the blocking pool, within the concurrency limit.
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let permit = Arc::clone(&app.sql_slots)
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal(e).hrana())?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|e| ApiError::internal(e).hrana())?
+}
+
+fn baton_error(e: BatonError) -> ApiError {
+    let (status, code) = match e {
+        BatonError::Invalid => (StatusCode::BAD_REQUEST, "STREAM_EXPIRED"),
+        BatonError::Busy => (StatusCode::CONFLICT, "STREAM_BUSY"),
+        BatonError::TooMany(_) => (StatusCode::SERVICE_UNAVAILABLE, "TOO_MANY_STREAMS"),
+    };
+    ApiError::new(status, code, e.to_string()).hrana()
+}
+
+/// The stream a request continues (by baton) or a new one.
+fn stream_for(app: &App, principal: &Principal, baton: Option<&str>) -> Result<Box<Stream>> {
+    let tenant = App::tenant_of(principal).map_err(ApiError::hrana)?;
+    match baton {
+        Some(baton) => app.streams.take(baton, &tenant).map_err(baton_error),
+        None => {
+            let lease = app.connect(principal, &tenant).map_err(ApiError::hrana)?;
+            app.streams.open(tenant, lease).map_err(baton_error)
+        }
+    }
+}
+
+pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let (principal, req): (Principal, PipelineReqBody) =
+            authenticated(&app, &headers, body).await?;
+        let worker = Arc::clone(&app);
+        blocking(&app, move || run_pipeline(&worker, &principal, req)).await
+    };
+    match run.await {
+        Ok(resp) => json_response(&resp),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn run_pipeline(
+    app: &App,
+    principal: &Principal,
+    req: PipelineReqBody,
+) -> Result<PipelineRespBody> {
+    let mut stream = stream_for(app, principal, req.baton.as_deref())?;
+    let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
+    let mut results = Vec::with_capacity(req.requests.len());
+    let mut closed = false;
+    for request in req.requests {
+        if closed {
+            results.push(StreamResult::Error {
+                error: super::proto::Error {
+                    message: "the stream was closed by an earlier request".into(),
+                    code: Some("STREAM_CLOSED".into()),
+                },
+            });
+            continue;
+        }
+        let Stream { lease, state, .. } = &mut *stream;
+        let (outcome, next) = state.handle(lease, request, &mut budget);
+        closed = matches!(next, Next::Close);
+        results.push(match outcome {
+            Ok(response) => StreamResult::Ok { response },
+            Err(error) => StreamResult::Error { error },
+        });
+    }
+    let baton = if closed {
+        app.streams.forget(&stream);
+        None
+    } else {
+        Some(app.streams.put_back(stream))
+    };
+    Ok(PipelineRespBody {
+        baton,
+        base_url: None,
+        results,
+    })
+}
+
+/// `/v3/cursor`: the batch's results stream back as lines of JSON while it runs, so a large
+/// result never sits whole in the server's memory.
+pub async fn cursor(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let start = async {
+        let (principal, req): (Principal, CursorReqBody) =
+            authenticated(&app, &headers, body).await?;
+        let worker = Arc::clone(&app);
+        let baton = req.baton.clone();
+        let stream = blocking(&app, move || {
+            stream_for(&worker, &principal, baton.as_deref())
+        })
+        .await?;
+        Ok::<_, ApiError>((stream, req.batch))
+    };
+    let (mut stream, batch) = match start.await {
+        Ok(started) => started,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let head = CursorRespBody {
+        baton: Some(app.streams.next_baton(&stream)),
+        base_url: None,
+    };
+    let worker = Arc::clone(&app);
+    let permit = match Arc::clone(&app.sql_slots).acquire_owned().await {
+        Ok(p) => p,
+        Err(e) => return ApiError::internal(e).hrana().into_response(),
+    };
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let send = |value: &dyn erased::Line| tx.blocking_send(value.line()).is_ok();
+        if !send(&head) {
+            worker.streams.put_back(stream);
+            return;
+        }
+        let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
+        let Stream { lease, state, .. } = &mut *stream;
+        state.cursor(lease, &batch, &mut budget, &mut |entry: CursorEntry| {
+            send(&entry)
+        });
+        worker.streams.put_back(stream);
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Serializes values of different types as one JSON line each.
+mod erased {
+    use axum::body::Bytes;
+    use serde::Serialize;
+
+    pub trait Line {
+        fn line(&self) -> Bytes;
+    }
+
+    impl<T: Serialize> Line for T {
+        fn line(&self) -> Bytes {
+            let mut bytes = serde_json::to_vec(self).unwrap_or_else(|e| {
+                format!(r#"{{"type":"error","error":{{"message":"{e}"}}}}"#).into_bytes()
+            });
+            bytes.push(b'\n');
+            Bytes::from(bytes)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct ExecuteReq {
+    stmt: Stmt,
+}
+
+#[derive(Serialize)]
+struct ExecuteResp {
+    result: StmtResult,
+}
+
+#[derive(serde::Deserialize)]
+pub struct BatchReq {
+    batch: Batch,
+}
+
+#[derive(Serialize)]
+struct BatchResp {
+    result: BatchResult,
+}
+
+/// `/v1/execute`: one statement on a stream of its own.
+pub async fn v1_execute(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let (principal, req): (Principal, ExecuteReq) = authenticated(&app, &headers, body).await?;
+        let worker = Arc::clone(&app);
+        blocking(&app, move || {
+            let mut stream = stream_for(&worker, &principal, None)?;
+            let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
+            let Stream { lease, state, .. } = &mut *stream;
+            state
+                .execute(lease, &req.stmt, &mut budget)
+                .map(|result| ExecuteResp { result })
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "SQL_ERROR", e.message).hrana())
+        })
+        .await
+    };
+    match run.await {
+        Ok(resp) => json_response(&resp),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/v1/batch`: one batch on a stream of its own.
+pub async fn v1_batch(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let run = async {
+        let (principal, req): (Principal, BatchReq) = authenticated(&app, &headers, body).await?;
+        let worker = Arc::clone(&app);
+        blocking(&app, move || {
+            let mut stream = stream_for(&worker, &principal, None)?;
+            let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
+            let Stream { lease, state, .. } = &mut *stream;
+            Ok(BatchResp {
+                result: state.batch(lease, &req.batch, &mut budget),
+            })
+        })
+        .await
+    };
+    match run.await {
+        Ok(resp) => json_response(&resp),
+        Err(e) => e.into_response(),
+    }
+}
