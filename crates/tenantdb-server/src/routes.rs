@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
@@ -27,5 +30,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v3/cursor", post(http::cursor))
         .route("/v1/execute", post(http::v1_execute))
         .route("/v1/batch", post(http::v1_batch))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
         .with_state(app)
+}
+
+/// Answers 503 when a request takes longer than the configured limit. The statements it ran
+/// are bounded by the guard's statement timeout and finish (or are interrupted) on their own;
+/// a stream's transaction stays as it was.
+async fn time_limit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let limit = app.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => crate::error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "REQUEST_TIMEOUT",
+            format!("the request took longer than the limit of {limit:?}"),
+        )
+        .into_response(),
+    }
 }

@@ -918,3 +918,25 @@ fn load_mixed_clients_lose_no_acknowledged_write() {
 fn busy(body: &Value) -> bool {
     body.to_string().contains("SQLITE_BUSY")
 }
+
+#[test]
+fn requests_past_the_time_limit_get_503_and_others_are_served() {
+    let mut options = Options::default();
+    options.server.request_timeout = Duration::from_millis(300);
+    options.guard.statement_timeout = Duration::from_secs(2);
+    let s = TestServer::with(options);
+    let t = s.token("pete");
+    let started = Instant::now();
+    let (status, body) = s.pipeline(
+        &t,
+        None,
+        json!([{"type": "execute", "stmt": {"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}}]),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "REQUEST_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        rows(&s.exec(&s.token("quinn"), "SELECT 7", json!([]))),
+        vec![vec![json!(7)]]
+    );
+}
