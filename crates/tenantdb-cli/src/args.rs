@@ -176,4 +176,16 @@ pub struct ServeArgs {
     /// Seconds a whole request may take.
     #[arg(long, default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Signup webhook secret(s), `whsec_<base64>`; give several (comma-separated or repeated)
+    /// while rotating.
+    #[arg(
+        long,
+        env = "TENANTDB_WEBHOOK_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secret: Vec<String>,
+    /// How long deleted tenants stay restorable before they are purged: 90s, 30m, 12h, 7d.
+    #[arg(long, env = "TENANTDB_TRASH_RETENTION", default_value = "7d")]
+    pub trash_retention: String,
 }

@@ -89,6 +89,18 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
     let (auth, dev) = auth_config(&args.auth, data_dir)?;
+    let trash_retention = parse_duration(&args.trash_retention)?;
+    let mut webhook_secrets: Vec<String> = args
+        .webhook_secret
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if webhook_secrets.is_empty()
+        && let Some(dev) = &dev
+    {
+        webhook_secrets.push(dev.webhook_secret.clone());
+    }
     let mut config = Config::new(data_dir);
     config.cache_capacity = args.cache_capacity.max(1);
     config.guard = GuardConfig {
@@ -113,6 +125,8 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         max_concurrent_requests: args.max_concurrent_requests.max(1),
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs.max(1)),
+        webhook_secrets,
+        trash_retention,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -127,10 +141,11 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         eprintln!("tenantdb serving {} on http://{addr}", data_dir.display());
         if let Some(dev) = &dev {
             eprintln!(
-                "development mode: secrets generated in {} (mode 0600)\n  user token:  tenantdb --data-dir {} token alice\n  admin token: {}",
+                "development mode: secrets generated in {} (mode 0600)\n  user token:     tenantdb --data-dir {} token alice\n  admin token:    {}\n  webhook secret: {}",
                 data_dir.join("secrets.toml").display(),
                 data_dir.display(),
-                dev.admin_token
+                dev.admin_token,
+                dev.webhook_secret
             );
         }
         tenantdb_server::serve(fleet, server, listener, shutdown_signal()).await?;

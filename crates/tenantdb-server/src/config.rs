@@ -23,6 +23,11 @@ pub struct ServerConfig {
     pub stream_idle_timeout: Duration,
     /// Open streams across all tenants.
     pub max_streams: usize,
+    /// Standard Webhooks secrets (`whsec_<base64>`) for `/webhooks/clerk`; several at once
+    /// while rotating. Empty: the webhook route refuses every delivery.
+    pub webhook_secrets: Vec<String>,
+    /// How long deleted tenants stay restorable in `trash/` before a background task purges them.
+    pub trash_retention: Duration,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +41,8 @@ impl Default for ServerConfig {
             max_concurrent_requests: 128,
             stream_idle_timeout: Duration::from_secs(10),
             max_streams: 10_000,
+            webhook_secrets: Vec::new(),
+            trash_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

@@ -13,7 +13,8 @@ use crate::tenant_id::TenantId;
 use crate::time::unix_now;
 
 /// The catalog's own schema, one entry per version. Appended to, never edited.
-const CATALOG_SCHEMA: &[&str] = &[r#"
+const CATALOG_SCHEMA: &[&str] = &[
+    r#"
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('active', 'deleted', 'purged')),
@@ -42,7 +43,17 @@ CREATE TABLE admin_audit (
     tenant TEXT,
     detail TEXT
 );
-"#];
+"#,
+    r#"
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    received_at INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    tenant TEXT,
+    outcome TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -293,6 +304,57 @@ impl Catalog {
     /// Every tenant row, live or not (reconciliation needs the tombstones too).
     pub fn all_tenants(&self) -> Result<Vec<TenantRecord>> {
         self.list(None, usize::MAX, true)
+    }
+
+    /// Records a deletion for an id that never had a tenant (a `user.deleted` that arrived
+    /// before its `user.created`), so the late creation does not bring the user back. Returns
+    /// false when a row already exists.
+    pub fn insert_tombstone(&self, id: &TenantId) -> Result<bool> {
+        let now = unix_now();
+        let inserted = self
+            .conn()
+            .execute(
+                "INSERT INTO tenants (id, state, created_at, deleted_at) VALUES (?1, 'purged', ?2, ?2) \
+                 ON CONFLICT (id) DO NOTHING",
+                params![id.as_str(), now],
+            )
+            .context("recording a tombstone")?;
+        Ok(inserted == 1)
+    }
+
+    /// Whether a webhook delivery with this message id was already handled.
+    pub fn delivery_seen(&self, id: &str) -> Result<bool> {
+        self.conn()
+            .prepare_cached("SELECT 1 FROM webhook_deliveries WHERE id = ?1")
+            .and_then(|mut s| s.exists([id]))
+            .context("reading webhook deliveries")
+    }
+
+    /// Records a handled webhook delivery; returns false if it was already recorded.
+    pub fn record_delivery(
+        &self,
+        id: &str,
+        event_type: &str,
+        tenant: Option<&TenantId>,
+        outcome: &str,
+    ) -> Result<bool> {
+        let inserted = self
+            .conn()
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (id, received_at, event_type, tenant, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    unix_now(),
+                    event_type,
+                    tenant.map(TenantId::as_str),
+                    outcome
+                ])
+            })
+            .context("recording a webhook delivery")?;
+        Ok(inserted == 1)
     }
 
     pub fn mark_deleted(&self, id: &TenantId, trash_file: &str, at: i64) -> Result<()> {

@@ -140,6 +140,8 @@ impl Fleet {
         }
         let (record, created) = self.provision(id, false, actor)?;
         if record.state != TenantState::Active {
+            // The id was retired while we copied the template: the copy must not stay.
+            template::remove_database(&self.layout.tenant_db(id));
             return Err(Error::TenantDeleted(id.to_string()));
         }
         Ok((record, created))
@@ -317,6 +319,29 @@ impl Fleet {
             self.purge_one(&record, actor)?;
         }
         Ok(())
+    }
+
+    /// Deletes a user's tenant if it exists, and in any case leaves a tombstone for the id, so
+    /// that a signup event delivered late (or replayed) never brings the user back. Returns
+    /// whether a live tenant was deleted.
+    pub fn retire_tenant(&self, id: &TenantId, actor: &str) -> Result<bool> {
+        match self.catalog.tenant(id)? {
+            Some(r) if r.state == TenantState::Active => {
+                self.delete_tenant(id, false, actor)?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => {
+                if self.catalog.insert_tombstone(id)? {
+                    self.catalog
+                        .audit(actor, "tenant.tombstone", Some(id), None)?;
+                    Ok(false)
+                } else {
+                    // A creation raced us and won: delete what it made.
+                    self.retire_tenant(id, actor)
+                }
+            }
+        }
     }
 
     fn purge_one(&self, record: &TenantRecord, actor: &str) -> Result<()> {
