@@ -127,6 +127,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_secs.max(1)),
         webhook_secrets,
         trash_retention,
+        migrations_dir: args.migrations.clone(),
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

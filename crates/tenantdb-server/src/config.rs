@@ -1,4 +1,5 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::AuthConfig;
@@ -28,6 +29,9 @@ pub struct ServerConfig {
     pub webhook_secrets: Vec<String>,
     /// How long deleted tenants stay restorable in `trash/` before a background task purges them.
     pub trash_retention: Duration,
+    /// The migrations directory (`--migrations`) that `POST /admin/migrations/apply` applies.
+    /// None: that route refuses.
+    pub migrations_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
             max_streams: 10_000,
             webhook_secrets: Vec::new(),
             trash_retention: Duration::from_secs(7 * 86_400),
+            migrations_dir: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! The server is a thin caller of [`tenantdb::Fleet`]; SQLite work runs on tokio's blocking
 //! pool, bounded by [`ServerConfig::max_concurrent_requests`].
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod hrana;
 mod routes;
 pub mod secrets;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,10 +43,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let app = App::new(fleet, config)?;
     let reaper = tokio::spawn(reap_streams(Arc::clone(&app)));
-    axum::serve(listener, router(Arc::clone(&app)))
+    let (stop_purger, purger_stop) = tokio::sync::oneshot::channel();
+    let purger = tokio::spawn(admin::purge_trash(Arc::clone(&app), purger_stop));
+    let served = axum::serve(listener, router(Arc::clone(&app)))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
     reaper.abort();
+    // Lets a purge in progress finish before the fleet shuts down.
+    let _ = stop_purger.send(());
+    let _ = purger.await;
+    served?;
     let worker = Arc::clone(&app);
     let _ = tokio::task::spawn_blocking(move || {
         // Dropping a stream hands its connection back; one left in a transaction is closed,

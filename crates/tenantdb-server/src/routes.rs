@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::admin;
 use crate::app::App;
 use crate::hrana::http;
 
@@ -30,8 +31,32 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v3/cursor", post(http::cursor))
         .route("/v1/execute", post(http::v1_execute))
         .route("/v1/batch", post(http::v1_batch))
+        .route("/webhooks/clerk", post(crate::webhook::clerk))
+        .merge(admin_routes(&app))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
         .with_state(app)
+}
+
+/// The admin API (DESIGN section 5.2). Every route here requires the admin token.
+fn admin_routes(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route(
+            "/admin/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
+        .route(
+            "/admin/tenants/{id}",
+            get(admin::get_tenant).delete(admin::delete_tenant),
+        )
+        .route("/admin/tenants/{id}/restore", post(admin::restore_tenant))
+        .route("/admin/tenants/{id}/export", get(admin::export_tenant))
+        .route("/admin/audit", get(admin::audit))
+        .route("/admin/migrations", get(admin::migrations))
+        .route("/admin/migrations/apply", post(admin::apply_migrations))
+        .route_layer(middleware::from_fn_with_state(
+            admin::Gate::new(Arc::clone(app)),
+            admin::require_admin,
+        ))
 }
 
 /// Answers 503 when a request takes longer than the configured limit. The statements it ran

@@ -39,6 +39,9 @@ pub fn migrations(dir: &std::path::Path) -> PathBuf {
 pub struct Options {
     pub guard: GuardConfig,
     pub server: ServerConfig,
+    /// Give the server the test's migrations directory (`--migrations`) unless
+    /// `server.migrations_dir` names another.
+    pub serve_migrations: bool,
 }
 
 impl Default for Options {
@@ -54,7 +57,27 @@ impl Default for Options {
                 },
                 ..ServerConfig::default()
             },
+            serve_migrations: true,
         }
+    }
+}
+
+/// A response as the client saw it.
+pub struct Reply {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON (a string value when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -79,7 +102,10 @@ impl TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let server_fleet = Arc::clone(&fleet);
-        let server_config = options.server;
+        let mut server_config = options.server;
+        if options.serve_migrations && server_config.migrations_dir.is_none() {
+            server_config.migrations_dir = Some(dir.path().join("migrations"));
+        }
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -168,6 +194,71 @@ impl TestServer {
             resp.status().as_u16(),
             resp.body_mut().read_to_string().unwrap(),
         )
+    }
+
+    /// Any request with an optional bearer token and body; the whole response body is read.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Reply {
+        self.call_with_headers(method, path, token, &[], body)
+    }
+
+    /// [`TestServer::call`] with extra headers.
+    pub fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = match body {
+            Some(bytes) => self.agent.run(
+                req.header("content-type", "application/json")
+                    .body(bytes.to_vec())
+                    .unwrap(),
+            ),
+            None => self.agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = resp.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .unwrap();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GETs with a bearer token; returns status and the body as JSON.
+    pub fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let reply = self.call("GET", path, token, None);
+        (reply.status, reply.json())
+    }
+
+    /// DELETEs with a bearer token; returns status and the body as JSON.
+    pub fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let reply = self.call("DELETE", path, token, None);
+        (reply.status, reply.json())
     }
 
     /// A pipeline on `/v3/pipeline`; returns (status, body).
