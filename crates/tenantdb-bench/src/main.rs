@@ -7,9 +7,13 @@
 //! the work itself fails.
 
 mod harness;
+mod http;
+mod inproc;
 mod migrate;
 mod open;
 mod provision;
+mod serve;
+mod webhook;
 
 use std::path::PathBuf;
 
@@ -26,17 +30,19 @@ use harness::{Report, Workdir};
 struct Cli {
     /// What to measure.
     scenario: Scenario,
-    /// Number of tenants (default: provision 2000, open 1000, migrate 10000).
+    /// Number of tenants (default: provision 2000, open 1000, migrate 10000, serve 1000,
+    /// webhook 2000).
     #[arg(long)]
     tenants: Option<usize>,
     /// Rows per tenant in the `todos` table.
     #[arg(long, default_value_t = 20)]
     rows: usize,
-    /// Client threads issuing the measured work (default: provision 2, migrate the library's
-    /// default number of migration jobs).
+    /// Client threads issuing the measured work (default: provision 4, serve 32, webhook 16,
+    /// migrate the library's default number of migration jobs).
     #[arg(long)]
     clients: Option<usize>,
-    /// How long each timed loop runs, for scenarios that loop (open's warm queries).
+    /// How long each timed loop runs, for scenarios that loop (open's warm queries, each phase
+    /// of serve, at least 1 s there).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
     /// Print exactly one JSON object for the run instead of text.
@@ -56,6 +62,10 @@ enum Scenario {
     Open,
     /// Rolling two migrations out to every tenant against one shared database.
     Migrate,
+    /// Hrana point reads and writes from concurrent clients against the server's /health.
+    Serve,
+    /// Signed signup webhooks per second against provisioning through the library.
+    Webhook,
 }
 
 /// What every scenario gets from the command line, with its own defaults applied.
@@ -79,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Provision => provision::DEFAULT_TENANTS,
         Scenario::Open => open::DEFAULT_TENANTS,
         Scenario::Migrate => migrate::DEFAULT_TENANTS,
+        Scenario::Serve => serve::DEFAULT_TENANTS,
+        Scenario::Webhook => webhook::DEFAULT_TENANTS,
     };
     let params = Params {
         tenants: cli.tenants.unwrap_or(default_tenants),
@@ -91,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Provision => provision::run(&workdir, &params)?,
         Scenario::Open => open::run(&workdir, &params)?,
         Scenario::Migrate => migrate::run(&workdir, &params)?,
+        Scenario::Serve => serve::run(&workdir, &params)?,
+        Scenario::Webhook => webhook::run(&workdir, &params)?,
     };
     if cli.json {
         println!("{}", report.json_line()?);

@@ -18,7 +18,7 @@ use crate::harness::{
 };
 
 pub const DEFAULT_TENANTS: usize = 2000;
-const DEFAULT_CLIENTS: usize = 2;
+const DEFAULT_CLIENTS: usize = 4;
 
 pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     let tenants = params.tenants;

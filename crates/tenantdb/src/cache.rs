@@ -130,8 +130,39 @@ enum CloserJob {
     Flush(Sender<()>),
 }
 
+/// A counting gate: at most `limit` holders at once.
+struct Gate {
+    held: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+impl Gate {
+    fn enter(&self) -> GateTicket<'_> {
+        let mut held = lock(&self.held);
+        while *held >= self.limit {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        *held += 1;
+        GateTicket(self)
+    }
+}
+
+struct GateTicket<'a>(&'a Gate);
+
+impl Drop for GateTicket<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.held) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 pub struct Cache {
     index: Mutex<Index>,
+    /// Cold opens run at most one per core at once. An open is mostly system calls (and, for a
+    /// tenant never opened before, file creation); a burst of them would otherwise take every
+    /// core and stall the requests of tenants that are already open.
+    opening: Gate,
     capacity: usize,
     idle_per_tenant: usize,
     closer: Mutex<Option<Sender<CloserJob>>>,
@@ -166,6 +197,11 @@ impl Cache {
             .ok();
         Arc::new(Cache {
             index: Mutex::new(Index::default()),
+            opening: Gate {
+                held: Mutex::new(0),
+                freed: Condvar::new(),
+                limit: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            },
             capacity: capacity.max(1),
             idle_per_tenant: idle_per_tenant.max(1),
             closer: Mutex::new(Some(tx)),
@@ -240,7 +276,11 @@ impl Cache {
         slot: Arc<Slot>,
         open: &impl Fn(bool) -> Result<TenantConnection>,
     ) -> Result<Option<Lease>> {
-        match open(true) {
+        let opened = {
+            let _ticket = self.opening.enter();
+            open(true)
+        };
+        match opened {
             Ok(conn) => {
                 let mut state = lock(&slot.state);
                 if state.closed {

@@ -309,6 +309,8 @@ impl Fleet {
         let trash_name = file_name(&trashed);
         let _fence = self.cache.fence(id);
         self.catalog.mark_deleted(id, &trash_name, now)?;
+        // The tombstone must be on disk before the files move (see `Catalog::sync`).
+        self.catalog.sync()?;
         self.cache.evict_and_wait(id, DRAIN_TIMEOUT)?;
         let path = self.layout.tenant_db(id);
         checkpoint(&path);
@@ -333,6 +335,7 @@ impl Fleet {
             Some(_) => Ok(false),
             None => {
                 if self.catalog.insert_tombstone(id)? {
+                    self.catalog.sync()?;
                     self.catalog
                         .audit(actor, "tenant.tombstone", Some(id), None)?;
                     Ok(false)
@@ -373,6 +376,7 @@ impl Fleet {
         move_database(&trashed, &self.layout.tenant_db(id))?;
         let version = self.file_version(&self.layout.tenant_db(id))?;
         self.catalog.mark_restored(id, version)?;
+        self.catalog.sync()?;
         self.catalog
             .audit(actor, "tenant.restore", Some(id), None)?;
         self.require(id)

@@ -115,12 +115,22 @@ impl TenantConnection {
             true => ("BEGIN DEFERRED", true),
             false => (sql, false),
         };
+        if read_only_begin {
+            // The authorizer judges a statement when it is prepared: statements cached before
+            // the transaction turned read-only must be judged again.
+            self.conn.flush_prepared_statement_cache();
+        }
         let result = (|| {
-            let mut stmt = self.conn.prepare(sql).map_err(|e| self.user_error(e))?;
+            // Cached: preparing is most of the cost of a point query. Only user SQL goes
+            // through this cache, so a cached statement was always authorized for users.
+            let mut stmt = self
+                .conn
+                .prepare_cached(sql)
+                .map_err(|e| self.user_error(e))?;
             bind(&mut stmt, args).map_err(|e| self.user_error(e))?;
             step_all(&self.conn, &mut stmt, want_rows, sink).map_err(|e| self.lift(e))
         })();
-        if result.is_ok() && read_only_begin {
+        if read_only_begin && result.is_ok() {
             self.guard.set_read_only(true);
         }
         if self.conn.is_autocommit() {
