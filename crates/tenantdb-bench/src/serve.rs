@@ -203,6 +203,53 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
         .min(COLD_TENANTS);
     server.stop();
     fleet.shutdown();
+    drop(fleet);
+
+    // The same write phase on the same tenants with the write audit switched off.
+    let mut config = tenantdb::Config::new(workdir.fleet_dir());
+    config.cache_capacity = tenants.max(1000);
+    config.audit_writes = false;
+    let unaudited = Arc::new(tenantdb::Fleet::open(config)?);
+    let server = inproc::start(
+        Arc::clone(&unaudited),
+        ServerConfig {
+            auth: AuthConfig {
+                jwt_secret: Some(SECRET.into()),
+                ..AuthConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    )?;
+    let addr = server.addr;
+    let mut http = HttpClient::new(addr);
+    for token in &tokens {
+        let (status, body) = http.send(
+            "POST",
+            "/v2/pipeline",
+            &[("authorization", token)],
+            &read_body(1),
+        )?;
+        expect_ok(status, &body)?;
+    }
+    let writes_unaudited = inproc::load(
+        addr,
+        clients,
+        seconds,
+        1,
+        |_| 0,
+        |c, i, http| {
+            let t = pick(c, i, tokens.len());
+            let (status, body) = http.send(
+                "POST",
+                "/v2/pipeline",
+                &[("authorization", &tokens[t])],
+                &write_body(&format!("off c{c} i{i}")),
+            )?;
+            expect_ok(status, &body)
+        },
+    )?;
+    server.stop();
+    unaudited.shutdown();
 
     let mut report = Report::new("serve");
     report.param("tenants", tenants as u64);
@@ -259,6 +306,17 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     report.line(format!(
         "  warm reads while {opened} cold tenants open: p50 {:.0} us, p99 {:.0} us (alone: p99 {hot_p99:.0} us); cold requests p50 {:.0} us, p99 {:.0} us",
         hot_during.median, hot_during.p99, cold.median, cold.p99
+    ));
+    let (unaudited_rate, ..) = phase(
+        &mut report,
+        "writes_audit_off",
+        &writes_unaudited,
+        "single-row inserts, write audit off",
+    );
+    report.figure("audit_write_ratio", write_rate / unaudited_rate);
+    report.line(format!(
+        "  audit     {:.2} (inserts/s with the write audit / without)",
+        write_rate / unaudited_rate
     ));
     let ratio = read_rate / health_rate;
     report.figure("ratio", ratio);

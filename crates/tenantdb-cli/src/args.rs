@@ -44,6 +44,26 @@ pub enum Command {
     Sql { id: String, sql: String },
     /// Apply the migrations directory to every tenant (or `migrate status`).
     Migrate(MigrateCommand),
+    /// Fleet analytics: tenants, activity, sizes, versions, traffic.
+    Stats,
+    /// Read a tenant's write audit (`--verify` checks its hash chain), or the admin audit.
+    Audit {
+        /// The tenant whose write audit to read.
+        #[arg(required_unless_present = "admin", conflicts_with = "admin")]
+        id: Option<String>,
+        /// Read the admin audit (lifecycle and operator actions) instead.
+        #[arg(long)]
+        admin: bool,
+        /// Recompute the tenant's hash chain and name the first broken entry.
+        #[arg(long, conflicts_with = "admin")]
+        verify: bool,
+        /// Start after this entry.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +172,9 @@ pub struct ServeArgs {
     /// Let user SQL change the schema (CREATE/ALTER/DROP). Off: the schema belongs to migrations.
     #[arg(long)]
     pub allow_ddl: bool,
+    /// Do not record users' writes in each tenant's `_tenantdb_audit`.
+    #[arg(long)]
+    pub no_audit: bool,
     /// Tenants kept open in the connection cache.
     #[arg(long, default_value_t = 1000)]
     pub cache_capacity: usize,

@@ -58,6 +58,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(_) | Command::Token { .. } => unreachable!("handled above"),
         Command::Tenant(cmd) => tenant(&fleet, cmd, cli.json),
         Command::Sql { id, sql } => run_sql(&fleet, &id, &sql, cli.json),
+        Command::Stats => stats(&fleet, cli.json),
+        Command::Audit {
+            id,
+            admin,
+            verify,
+            after,
+            limit,
+        } => audit(&fleet, id.as_deref(), admin, verify, after, limit, cli.json),
         Command::Migrate(cmd) => migrate(&fleet, cmd, cli.json),
     }
 }
@@ -72,9 +80,13 @@ fn ids_named(command: &Command) -> Vec<&str> {
             | TenantCommand::Export { id, .. },
         )
         | Command::Sql { id, .. }
+        | Command::Audit { id: Some(id), .. }
         | Command::Token { id, .. } => vec![id.as_str()],
         Command::Serve(_) => Vec::new(),
-        Command::Tenant(TenantCommand::List { .. }) | Command::Migrate(_) => Vec::new(),
+        Command::Tenant(TenantCommand::List { .. })
+        | Command::Migrate(_)
+        | Command::Audit { id: None, .. }
+        | Command::Stats => Vec::new(),
     }
 }
 
@@ -189,6 +201,7 @@ fn print_tenants(tenants: &[TenantInfo], json: bool) -> Result<()> {
 fn run_sql(fleet: &Fleet, id: &str, sql: &str, json: bool) -> Result<ExitCode> {
     let id = tenant_id(id)?;
     let mut conn = fleet.connect(&id)?;
+    conn.set_actor(format!("admin:{ACTOR}"));
     let results = conn.execute_script(sql)?;
     if json {
         let out: Vec<_> = results
@@ -317,6 +330,133 @@ fn migrate_status(fleet: &Fleet, dir: Option<&Path>, json: bool) -> Result<ExitC
                 .collect();
             table(&["FAILED TENANT", "AT VERSION", "ERROR"], &rows);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn audit(
+    fleet: &Fleet,
+    id: Option<&str>,
+    admin: bool,
+    verify: bool,
+    after: i64,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    if admin {
+        let entries = fleet.catalog().admin_audit(after, limit)?;
+        if json {
+            print_json(&entries)?;
+        } else {
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        time(Some(e.at)),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.tenant.clone().unwrap_or_default(),
+                        e.detail.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table(&["SEQ", "AT", "ACTOR", "ACTION", "TENANT", "DETAIL"], &rows);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = tenant_id(id.unwrap_or_default())?;
+    if verify {
+        let outcome = fleet.verify_audit(&id)?;
+        if json {
+            print_json(&outcome)?;
+        } else {
+            match &outcome.first_broken {
+                None => println!("audit of {id}: {} entries, chain intact", outcome.entries),
+                Some(b) => println!(
+                    "audit of {id}: chain broken at entry {}: {}",
+                    b.seq, b.reason
+                ),
+            }
+        }
+        // A broken chain is an alarm: scripts see it in the exit code.
+        return Ok(if outcome.first_broken.is_none() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(3)
+        });
+    }
+    let entries = fleet.tenant_audit(&id, after, limit)?;
+    if json {
+        print_json(&entries)?;
+    } else {
+        let rows: Vec<Vec<String>> = entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.seq.to_string(),
+                    time(Some(e.at / 1000)),
+                    e.actor.clone(),
+                    e.rows_changed.to_string(),
+                    e.statement.clone(),
+                ]
+            })
+            .collect();
+        table(&["SEQ", "AT", "ACTOR", "ROWS", "STATEMENT"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(fleet: &Fleet, json: bool) -> Result<ExitCode> {
+    let s = fleet.stats()?;
+    if json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "tenants: {} total; active {} (1 day), {} (7 days), {} (30 days)",
+        s.tenants_total, s.active_1d, s.active_7d, s.active_30d
+    );
+    println!(
+        "sizes: {} bytes in all; p50 {} bytes, p99 {} bytes",
+        s.sizes.total_bytes, s.sizes.p50_bytes, s.sizes.p99_bytes
+    );
+    let versions: Vec<String> = s
+        .schema_versions
+        .iter()
+        .map(|(v, n)| format!("v{v}: {n}"))
+        .collect();
+    println!("schema versions: {}", versions.join(", "));
+    println!(
+        "requests: {}; writes: {}; cache hit rate: {}",
+        s.requests_total,
+        s.writes_total,
+        s.cache
+            .hit_rate
+            .map_or("n/a".to_string(), |r| format!("{:.1}%", r * 100.0))
+    );
+    let section = |title: &str, rows: &[tenantdb::stats::TenantCount]| {
+        if rows.is_empty() {
+            return;
+        }
+        println!();
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|t| vec![t.tenant.to_string(), t.count.to_string()])
+            .collect();
+        table(&[title, "COUNT"], &rows);
+    };
+    section("LARGEST (BYTES)", &s.sizes.largest);
+    section("TOP REQUESTS", &s.top_requests);
+    section("TOP WRITES", &s.top_writes);
+    if !s.signups_per_day.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .signups_per_day
+            .iter()
+            .map(|(d, n)| vec![d.clone(), n.to_string()])
+            .collect();
+        table(&["DAY", "SIGNUPS"], &rows);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -103,6 +103,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
     }
     let mut config = Config::new(data_dir);
     config.cache_capacity = args.cache_capacity.max(1);
+    config.audit_writes = !args.no_audit;
     config.guard = GuardConfig {
         allow_ddl: args.allow_ddl,
         statement_timeout: Duration::from_millis(args.statement_timeout_ms.max(1)),

@@ -623,3 +623,62 @@ fn killed_creation_leaves_whole_tenants_only() {
         ok(tdb(&data, &["sql", id, "SELECT count(*) FROM todos"]));
     }
 }
+
+#[test]
+fn audit_and_stats_through_the_cli() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(
+        &data,
+        &["migrate", "--migrations", migrations.to_str().unwrap()],
+    ));
+    ok(tdb(&data, &["tenant", "create", "ann", "bo"]));
+    ok(tdb(
+        &data,
+        &[
+            "sql",
+            "ann",
+            "INSERT INTO todos (title) VALUES ('a'); UPDATE todos SET done = 1",
+        ],
+    ));
+    let entries = json(tdb(&data, &["audit", "ann", "--json"]));
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["actor"], "admin:cli");
+    assert_eq!(entries[1]["statement"], "UPDATE todos SET done = 1");
+    let verified = json(tdb(&data, &["audit", "ann", "--verify", "--json"]));
+    assert_eq!(verified["first_broken"], Value::Null);
+    assert_eq!(verified["entries"], 2);
+
+    // Edited behind tenantdb's back: --verify names the entry and exits non-zero.
+    let c = raw(&tenant_path(&data, "ann"));
+    c.execute(
+        "UPDATE _tenantdb_audit SET rows_changed = 5 WHERE seq = 1",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let out = tdb(&data, &["audit", "ann", "--verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("broken at entry 1"), "{text}");
+
+    let admin = json(tdb(&data, &["audit", "--admin", "--json"]));
+    let actions: Vec<&str> = admin
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"tenant.create") && actions.contains(&"migrations.apply"),
+        "{actions:?}"
+    );
+
+    let stats = json(tdb(&data, &["stats", "--json"]));
+    assert_eq!(stats["tenants_total"], 2);
+    assert_eq!(stats["schema_versions"], serde_json::json!({"1": 2}));
+    ok(tdb(&data, &["stats"]));
+}

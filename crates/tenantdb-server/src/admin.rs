@@ -547,12 +547,8 @@ fn nonce() -> Result<String> {
     Ok(hex::encode(bytes))
 }
 
-/// `GET /admin/audit?after=&limit=`: the admin audit in order; `next` is the last `seq` of a
-/// full page (pass it as `after`), `null` when there are no more.
-pub async fn audit(
-    State(app): State<Arc<App>>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<Value>> {
+/// `after` and `limit` of an audit page.
+fn audit_page(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<(i64, usize)> {
     let params = Params::parse(query, &["after", "limit"])?;
     let limit = params.limit()?;
     let after = match params.get("after") {
@@ -568,6 +564,43 @@ pub async fn audit(
             }
         },
     };
+    Ok((after, limit))
+}
+
+/// `GET /admin/tenants/{id}/audit?after=&limit=`: the tenant's write audit in order, with
+/// `next` as for the admin audit.
+pub async fn tenant_audit(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>> {
+    let id = tenant_id(path)?;
+    let (after, limit) = audit_page(query)?;
+    let fleet = Arc::clone(&app.fleet);
+    let entries = blocking(move || Ok(fleet.tenant_audit(&id, after, limit)?)).await?;
+    let next = match entries.last() {
+        Some(last) if entries.len() == limit => Some(last.seq),
+        _ => None,
+    };
+    Ok(Json(json!({"entries": entries, "next": next})))
+}
+
+/// `GET /admin/stats`: fleet analytics (DESIGN section 9).
+pub async fn stats(State(app): State<Arc<App>>) -> Result<Json<Value>> {
+    let fleet = Arc::clone(&app.fleet);
+    let stats = blocking(move || Ok(fleet.stats()?)).await?;
+    Ok(Json(
+        serde_json::to_value(stats).map_err(ApiError::internal)?,
+    ))
+}
+
+/// `GET /admin/audit?after=&limit=`: the admin audit in order; `next` is the last `seq` of a
+/// full page (pass it as `after`), `null` when there are no more.
+pub async fn audit(
+    State(app): State<Arc<App>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>> {
+    let (after, limit) = audit_page(query)?;
     let fleet = Arc::clone(&app.fleet);
     let entries = blocking(move || Ok(fleet.catalog().admin_audit(after, limit)?)).await?;
     let next = match entries.last() {

@@ -17,6 +17,7 @@ pub struct App {
     pub streams: Streams,
     pub config: ServerConfig,
     pub sql_slots: Arc<Semaphore>,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
@@ -28,6 +29,7 @@ impl App {
             auth,
             streams,
             sql_slots: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            metrics: crate::metrics::Metrics::default(),
             config,
         }))
     }

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod hrana;
+pub mod metrics;
 mod routes;
 pub mod secrets;
 pub mod webhook;
@@ -32,6 +33,9 @@ pub enum ServeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// How often counted activity goes to the catalog.
+const ACTIVITY_FLUSH_SECS: u64 = 5;
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests, rolls back open
 /// transactions and closes every connection.
@@ -58,17 +62,30 @@ pub async fn serve(
         // Dropping a stream hands its connection back; one left in a transaction is closed,
         // which rolls the transaction back.
         drop(worker.streams.drain());
+        if let Err(e) = worker.fleet.flush_activity() {
+            tracing::warn!(error = %e, "recording activity in the catalog failed");
+        }
         worker.fleet.shutdown();
     })
     .await;
     Ok(())
 }
 
-/// Closes streams left idle past the timeout (clients that vanished mid-transaction).
+/// Closes streams left idle past the timeout (clients that vanished mid-transaction), and
+/// every few seconds adds the activity counted in memory to the catalog in one transaction.
 async fn reap_streams(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
+        if ticks.is_multiple_of(ACTIVITY_FLUSH_SECS) {
+            let fleet = Arc::clone(&app.fleet);
+            let flushed = tokio::task::spawn_blocking(move || fleet.flush_activity()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "recording activity in the catalog failed");
+            }
+        }
         let expired = app.streams.expire();
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "closing idle streams");

@@ -32,8 +32,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/execute", post(http::v1_execute))
         .route("/v1/batch", post(http::v1_batch))
         .route("/webhooks/clerk", post(crate::webhook::clerk))
+        .route("/metrics", get(crate::metrics::render))
         .merge(admin_routes(&app))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::metrics::observe,
+        ))
         .with_state(app)
 }
 
@@ -51,6 +56,8 @@ fn admin_routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/admin/tenants/{id}/restore", post(admin::restore_tenant))
         .route("/admin/tenants/{id}/export", get(admin::export_tenant))
         .route("/admin/audit", get(admin::audit))
+        .route("/admin/stats", get(admin::stats))
+        .route("/admin/tenants/{id}/audit", get(admin::tenant_audit))
         .route("/admin/migrations", get(admin::migrations))
         .route("/admin/migrations/apply", post(admin::apply_migrations))
         .route_layer(middleware::from_fn_with_state(

@@ -53,6 +53,10 @@ CREATE TABLE webhook_deliveries (
     outcome TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+ALTER TABLE tenants ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tenants ADD COLUMN writes INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -333,6 +337,37 @@ impl Catalog {
             )
             .context("recording a tombstone")?;
         Ok(inserted == 1)
+    }
+
+    /// Adds counted activity to tenants' rows in one transaction (see `Fleet::flush_activity`).
+    pub fn add_activity(&self, batch: &[(TenantId, u64, u64, i64)]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().context("recording activity")?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE tenants SET requests = requests + ?2, writes = writes + ?3, \
+                     last_active_at = max(coalesce(last_active_at, 0), ?4) WHERE id = ?1",
+                )
+                .context("recording activity")?;
+            for (id, requests, writes, at) in batch {
+                let clamp = |n: &u64| i64::try_from(*n).unwrap_or(i64::MAX);
+                stmt.execute(params![id.as_str(), clamp(requests), clamp(writes), at])
+                    .context("recording activity")?;
+            }
+        }
+        tx.commit().context("recording activity")
+    }
+
+    /// Runs a read-only query for fleet analytics.
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        f(&self.conn()).context("reading fleet analytics")
     }
 
     /// Whether a webhook delivery with this message id was already handled.

@@ -15,6 +15,8 @@ pub struct Config {
     /// Sync the write-ahead log on every commit (`synchronous=FULL`) so that even a power loss
     /// cannot roll back an acknowledged write. Off by default: see [`crate::connection`].
     pub sync_every_commit: bool,
+    /// Append every write by user SQL to the tenant's `_tenantdb_audit` (see [`crate::audit`]).
+    pub audit_writes: bool,
     /// Compare files with catalog rows when opening (see [`crate::reconcile`]).
     pub reconcile_on_open: bool,
 }
@@ -27,6 +29,7 @@ impl Config {
             idle_connections_per_tenant: 2,
             guard: GuardConfig::default(),
             sync_every_commit: false,
+            audit_writes: true,
             reconcile_on_open: true,
         }
     }

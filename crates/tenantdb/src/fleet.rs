@@ -45,6 +45,9 @@ pub struct Fleet {
     ledger: RwLock<Arc<Vec<Migration>>>,
     guard: Arc<GuardConfig>,
     sync_every_commit: bool,
+    audit_writes: bool,
+    activity: crate::stats::Activity,
+    counters: crate::stats::Counters,
     reconciled: ReconcileReport,
 }
 
@@ -74,6 +77,9 @@ impl Fleet {
             ledger: RwLock::new(Arc::new(ledger)),
             guard: Arc::new(config.guard),
             sync_every_commit: config.sync_every_commit,
+            audit_writes: config.audit_writes,
+            activity: crate::stats::Activity::default(),
+            counters: crate::stats::Counters::default(),
             reconciled: ReconcileReport::default(),
         };
         if config.reconcile_on_open {
@@ -92,6 +98,15 @@ impl Fleet {
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// Event counters since this process opened the fleet.
+    pub fn counters(&self) -> &crate::stats::Counters {
+        &self.counters
+    }
+
+    pub(crate) fn activity(&self) -> &crate::stats::Activity {
+        &self.activity
     }
 
     /// What reconciliation found when the fleet was opened.
@@ -186,10 +201,20 @@ impl Fleet {
         {
             self.catalog.mark_restored(id, version)?;
             self.catalog.audit(actor, "tenant.create", Some(id), None)?;
+            self.counters
+                .tenants_provisioned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok((self.require(id)?, true));
         }
-        self.catalog
-            .insert_tenant_audited(id, version, actor, "tenant.create")
+        let (record, created) =
+            self.catalog
+                .insert_tenant_audited(id, version, actor, "tenant.create")?;
+        if created {
+            self.counters
+                .tenants_provisioned
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok((record, created))
     }
 
     /// A tenant file's version: from its header when no write-ahead log could hold a newer
@@ -251,12 +276,15 @@ impl Fleet {
         if first {
             self.catch_up(id, &mut conn)?;
         }
+        // Room for a request mix's statements plus the audit's own (see `audit::internal`).
+        conn.set_prepared_statement_cache_capacity(64);
         let guard = guard::install(&mut conn, &self.guard)?;
         Ok(TenantConnection::new(
             conn,
             guard,
             Arc::clone(&self.guard),
             id.clone(),
+            self.audit_writes,
         ))
     }
 
@@ -274,6 +302,11 @@ impl Fleet {
             return Ok(());
         }
         let (reached, failure) = migrate::apply(conn, &ledger, false)?;
+        let counter = match failure {
+            None => &self.counters.migrations_applied,
+            Some(_) => &self.counters.migrations_failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(f) = &failure {
             tracing::warn!(tenant = %id, version = f.version, error = %f.error, "migration on open failed");
         }
@@ -465,6 +498,33 @@ impl Fleet {
             Some(&out.display().to_string()),
         )?;
         Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// A live tenant's write audit, oldest first, after entry `after`.
+    pub fn tenant_audit(
+        &self,
+        id: &TenantId,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>> {
+        let conn = self.bookkeeping_connection(id)?;
+        crate::audit::read(&conn, after, limit).context("reading the audit")
+    }
+
+    /// Recomputes a live tenant's audit chain and names the first broken entry.
+    pub fn verify_audit(&self, id: &TenantId) -> Result<crate::audit::Verification> {
+        let conn = self.bookkeeping_connection(id)?;
+        crate::audit::verify(&conn).context("verifying the audit")
+    }
+
+    /// An unguarded connection to a live tenant, for the library's own reads.
+    fn bookkeeping_connection(&self, id: &TenantId) -> Result<rusqlite::Connection> {
+        let record = self.require(id)?;
+        if record.state != TenantState::Active {
+            return Err(Error::TenantNotFound(id.to_string()));
+        }
+        connection::open_tenant(&self.layout.tenant_db(id), self.sync_every_commit)
+            .map_err(|e| self.explain_unopenable(id, e))
     }
 
     /// Compares tenant files with catalog rows again (also done by `open`).

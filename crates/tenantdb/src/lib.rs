@@ -5,6 +5,7 @@
 //! migrations out to every tenant, and deletes tenants into a trash. The server and the CLI are
 //! thin callers of it.
 
+pub mod audit;
 pub mod cache;
 pub mod catalog;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod session;
 mod sqlite_codes;
+pub mod stats;
 pub mod template;
 pub mod tenant_id;
 pub mod time;

@@ -23,6 +23,12 @@ pub const TENANT_BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _tenantdb_migra
     applied_at INTEGER NOT NULL
 );";
 
+/// Creates the library's tables in a tenant database if they are missing.
+pub fn create_bookkeeping(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TENANT_BOOKKEEPING)?;
+    conn.execute_batch(crate::audit::AUDIT_TABLE)
+}
+
 /// Loads `NNNN_name.sql` files from `dir`. Versions must run 1, 2, 3... without gaps or
 /// repeats: an ambiguous order is refused rather than guessed.
 pub fn load_dir(dir: &Path) -> Result<Vec<Migration>> {
@@ -199,8 +205,7 @@ fn failure(m: &Migration, e: Error) -> TenantFailure {
 }
 
 fn run_one(conn: &Connection, m: &Migration) -> Result<()> {
-    conn.execute_batch(TENANT_BOOKKEEPING)
-        .context("creating bookkeeping tables")?;
+    create_bookkeeping(conn).context("creating bookkeeping tables")?;
     conn.execute_batch(&m.sql).context("running migration")?;
     conn.execute(
         "INSERT INTO _tenantdb_migrations (version, name, sha256, applied_at) VALUES (?1, ?2, ?3, ?4)",

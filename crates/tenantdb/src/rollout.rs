@@ -174,6 +174,16 @@ impl Fleet {
             for (update, changed) in rx {
                 progress.advance(1);
                 migrated += usize::from(changed);
+                if !options.dry_run {
+                    let counter = match (&update.failure, changed) {
+                        (Some(_), _) => Some(&self.counters().migrations_failed),
+                        (None, true) => Some(&self.counters().migrations_applied),
+                        (None, false) => None,
+                    };
+                    if let Some(counter) = counter {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 if let Some((version, error)) = &update.failure {
                     failed.push(MigrationFailure {
                         tenant: update.tenant.clone(),

@@ -68,6 +68,12 @@ pub struct TenantConnection {
     guard: Arc<GuardState>,
     limits: Arc<GuardConfig>,
     tenant: TenantId,
+    /// Append every write to `_tenantdb_audit` (see [`crate::audit`]).
+    audit: bool,
+    /// Who the audit names for the statements that follow.
+    actor: String,
+    /// Writes run since [`TenantConnection::take_writes`] last asked (fleet analytics).
+    writes: std::cell::Cell<u64>,
 }
 
 impl TenantConnection {
@@ -76,13 +82,23 @@ impl TenantConnection {
         guard: Arc<GuardState>,
         limits: Arc<GuardConfig>,
         tenant: TenantId,
+        audit: bool,
     ) -> Self {
         TenantConnection {
             conn,
             guard,
             limits,
             tenant,
+            audit,
+            actor: "admin:library".to_string(),
+            writes: std::cell::Cell::new(0),
         }
+    }
+
+    /// Names who runs the statements that follow, for the write audit: the token's subject
+    /// (`user:<sub>`) or `admin:<name>`. Connections are pooled, so callers set it per request.
+    pub fn set_actor(&mut self, actor: impl Into<String>) {
+        self.actor = actor.into();
     }
 
     pub fn tenant(&self) -> &TenantId {
@@ -128,7 +144,12 @@ impl TenantConnection {
                 .prepare_cached(sql)
                 .map_err(|e| self.user_error(e))?;
             bind(&mut stmt, args).map_err(|e| self.user_error(e))?;
-            step_all(&self.conn, &mut stmt, want_rows, sink).map_err(|e| self.lift(e))
+            if self.audited(&stmt, sql) {
+                let digest = crate::audit::args_digest(args);
+                self.audited_step(&mut stmt, sql, digest.as_deref(), want_rows, sink)
+            } else {
+                step_all(&self.conn, &mut stmt, want_rows, sink).map_err(|e| self.lift(e))
+            }
         })();
         if read_only_begin && result.is_ok() {
             self.guard.set_read_only(true);
@@ -164,8 +185,12 @@ impl TenantConnection {
             let next = batch.next().map_err(|e| self.user_error(e))?;
             let Some(mut stmt) = next else { break };
             let mut sink = Collect::new(self.limits.max_response_bytes);
-            let outcome =
-                step_all(&self.conn, &mut stmt, true, &mut sink).map_err(|e| self.lift(e))?;
+            let text = stmt.expanded_sql().unwrap_or_default().trim().to_string();
+            let outcome = if self.audited(&stmt, &text) {
+                self.audited_step(&mut stmt, &text, None, true, &mut sink)?
+            } else {
+                step_all(&self.conn, &mut stmt, true, &mut sink).map_err(|e| self.lift(e))?
+            };
             results.push(StatementResult {
                 columns: sink.columns,
                 rows: sink.rows,
@@ -199,6 +224,86 @@ impl TenantConnection {
         })
     }
 
+    /// Writes run on this connection since the last call, and resets the count.
+    pub fn take_writes(&self) -> u64 {
+        self.writes.take()
+    }
+
+    /// Whether a statement writes and so must leave an audit entry. Transaction control and
+    /// PRAGMAs are left out: they change no data (the guard lets user SQL set only
+    /// `foreign_keys`, which must not run inside a transaction).
+    fn audited(&self, stmt: &Statement<'_>, sql: &str) -> bool {
+        // `BEGIN IMMEDIATE` and friends report themselves as writing; they change no data.
+        // VACUUM cannot run in a transaction, and the guard refuses it anyway (it attaches).
+        let control = [
+            "VACUUM",
+            "PRAGMA",
+            "BEGIN",
+            "COMMIT",
+            "END",
+            "ROLLBACK",
+            "SAVEPOINT",
+            "RELEASE",
+        ]
+        .iter()
+        .any(|w| first_word_is(sql, w));
+        let writes = !stmt.readonly() && !control;
+        if writes {
+            self.writes.set(self.writes.get() + 1);
+        }
+        self.audit && writes
+    }
+
+    /// Runs a write and appends its audit entry in the same transaction: the user's own when
+    /// one is open, else one made for this statement, so a write never commits without its
+    /// entry and a failed write leaves none.
+    fn audited_step(
+        &self,
+        stmt: &mut Statement<'_>,
+        sql: &str,
+        digest: Option<&str>,
+        want_rows: bool,
+        sink: &mut dyn RowSink,
+    ) -> Result<Outcome> {
+        let own_transaction = self.conn.is_autocommit();
+        let internal = crate::audit::internal();
+        let control = |sql: &str| {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([]).map(|_| ()))
+        };
+        if own_transaction {
+            control(&internal.begin).map_err(|e| self.user_error(e))?;
+        }
+        let result = step_all(&self.conn, stmt, want_rows, sink)
+            .map_err(|e| self.lift(e))
+            .and_then(|outcome| {
+                let rows = i64::try_from(outcome.rows_affected).unwrap_or(i64::MAX);
+                self.guard
+                    .internal(|| crate::audit::append(&self.conn, &self.actor, sql, digest, rows))
+                    .map_err(|source| Error::Sqlite {
+                        context: "writing the audit entry".into(),
+                        source,
+                    })?;
+                Ok(outcome)
+            });
+        // SQLite may already have rolled the transaction back itself (SQLITE_FULL, for one).
+        if own_transaction && !self.conn.is_autocommit() {
+            match &result {
+                Ok(_) => {
+                    if let Err(e) = control(&internal.commit) {
+                        let _ = control(&internal.rollback);
+                        return Err(self.user_error(e));
+                    }
+                }
+                Err(_) => {
+                    let _ = control(&internal.rollback);
+                }
+            }
+        }
+        result
+    }
+
     fn lift(&self, e: Error) -> Error {
         match e {
             Error::Sqlite { source, .. } => self.user_error(source),
@@ -218,6 +323,12 @@ impl TenantConnection {
         }
         Error::from_user_sql(e)
     }
+}
+
+fn first_word_is(sql: &str, word: &str) -> bool {
+    sql.trim_start()
+        .get(..word.len())
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// libSQL clients open read transactions with `BEGIN TRANSACTION READONLY`, which SQLite does

@@ -53,11 +53,10 @@ pub fn check(layout: &Layout, migrations: &[Migration]) -> Result<()> {
 
 fn build(path: &Path, migrations: &[Migration]) -> Result<u32> {
     let mut conn = connection::create_database(path)?;
-    conn.execute_batch(migrate::TENANT_BOOKKEEPING)
-        .map_err(|source| Error::Sqlite {
-            context: "creating bookkeeping tables".into(),
-            source,
-        })?;
+    migrate::create_bookkeeping(&conn).map_err(|source| Error::Sqlite {
+        context: "creating bookkeeping tables".into(),
+        source,
+    })?;
     let (version, failure) = migrate::apply(&mut conn, migrations, false)?;
     if let Some(f) = failure {
         return Err(Error::InvalidMigration(format!(

@@ -20,6 +20,7 @@ use super::streams::{BatonError, Stream};
 use crate::app::App;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::metrics::TenantTag;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -94,26 +95,38 @@ fn baton_error(e: BatonError) -> ApiError {
 /// The stream a request continues (by baton) or a new one.
 fn stream_for(app: &App, principal: &Principal, baton: Option<&str>) -> Result<Box<Stream>> {
     let tenant = App::tenant_of(principal).map_err(ApiError::hrana)?;
-    match baton {
-        Some(baton) => app.streams.take(baton, &tenant).map_err(baton_error),
+    let mut stream = match baton {
+        Some(baton) => app.streams.take(baton, &tenant).map_err(baton_error)?,
         None => {
             let lease = app.connect(principal, &tenant).map_err(ApiError::hrana)?;
-            app.streams.open(tenant, lease).map_err(baton_error)
+            app.streams.open(tenant, lease).map_err(baton_error)?
         }
-    }
+    };
+    // The write audit names who wrote: the user, or the operator through the admin token.
+    stream.lease.set_actor(match principal {
+        Principal::User { .. } => principal.actor(),
+        Principal::Admin { .. } => "admin:api".to_string(),
+    });
+    Ok(stream)
 }
 
 pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let mut tenant = None;
     let run = async {
         let (principal, req): (Principal, PipelineReqBody) =
             authenticated(&app, &headers, body).await?;
+        tenant = principal.tenant().map(|t| TenantTag(t.to_string()));
         let worker = Arc::clone(&app);
         blocking(&app, move || run_pipeline(&worker, &principal, req)).await
     };
-    match run.await {
+    let mut response = match run.await {
         Ok(resp) => json_response(&resp),
         Err(e) => e.into_response(),
+    };
+    if let Some(tag) = tenant {
+        response.extensions_mut().insert(tag);
     }
+    response
 }
 
 fn run_pipeline(
@@ -143,6 +156,8 @@ fn run_pipeline(
             Err(error) => StreamResult::Error { error },
         });
     }
+    app.fleet
+        .record_activity(&stream.tenant, stream.lease.take_writes());
     let baton = if closed {
         app.streams.forget(&stream);
         None
@@ -196,6 +211,9 @@ pub async fn cursor(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
         state.cursor(lease, &batch, &mut budget, &mut |entry: CursorEntry| {
             send(&entry)
         });
+        worker
+            .fleet
+            .record_activity(&stream.tenant, stream.lease.take_writes());
         worker.streams.put_back(stream);
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -42,6 +42,8 @@ pub struct Options {
     /// Give the server the test's migrations directory (`--migrations`) unless
     /// `server.migrations_dir` names another.
     pub serve_migrations: bool,
+    /// Record users' writes in `_tenantdb_audit`.
+    pub audit_writes: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
                 ..ServerConfig::default()
             },
             serve_migrations: true,
+            audit_writes: true,
         }
     }
 }
@@ -90,6 +93,7 @@ impl TestServer {
         let dir = TempDir::new().unwrap();
         let mut config = Config::new(dir.path().join("data"));
         config.guard = options.guard;
+        config.audit_writes = options.audit_writes;
         let fleet = Arc::new(Fleet::open(config).unwrap());
         fleet
             .migrate(
