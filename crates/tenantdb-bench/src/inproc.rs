@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tenantdb::Fleet;
 use tenantdb_server::ServerConfig;
 
-use crate::http::HttpClient;
+use tenantdb_server::client::HttpClient;
 
 pub struct RunningServer {
     pub addr: SocketAddr,

@@ -7,11 +7,12 @@
 //! the work itself fails.
 
 mod harness;
-mod http;
+mod import;
 mod inproc;
 mod migrate;
 mod open;
 mod provision;
+mod report;
 mod serve;
 mod webhook;
 
@@ -31,12 +32,13 @@ struct Cli {
     /// What to measure.
     scenario: Scenario,
     /// Number of tenants (default: provision 2000, open 1000, migrate 10000, serve 1000,
-    /// webhook 2000).
+    /// webhook 2000, import 10000).
     #[arg(long)]
     tenants: Option<usize>,
-    /// Rows per tenant in the `todos` table.
-    #[arg(long, default_value_t = 20)]
-    rows: usize,
+    /// Rows per tenant in the `todos` table (default 20; import: rows in the whole shared
+    /// database, default 1,000,000).
+    #[arg(long)]
+    rows: Option<usize>,
     /// Client threads issuing the measured work (default: provision 4, serve 32, webhook 16,
     /// migrate the library's default number of migration jobs).
     #[arg(long)]
@@ -66,6 +68,10 @@ enum Scenario {
     Serve,
     /// Signed signup webhooks per second against provisioning through the library.
     Webhook,
+    /// Reports across tenants (count, per tenant, top-k, join) against one shared database.
+    Report,
+    /// Splitting a shared database into tenants and verifying them, against copying the file.
+    Import,
 }
 
 /// What every scenario gets from the command line, with its own defaults applied.
@@ -78,7 +84,7 @@ pub struct Params {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    anyhow::ensure!(cli.rows >= 1, "--rows must be at least 1");
+    anyhow::ensure!(cli.rows != Some(0), "--rows must be at least 1");
     anyhow::ensure!(
         cli.seconds.is_finite() && cli.seconds > 0.0,
         "--seconds must be a positive number"
@@ -91,10 +97,15 @@ fn main() -> anyhow::Result<()> {
         Scenario::Migrate => migrate::DEFAULT_TENANTS,
         Scenario::Serve => serve::DEFAULT_TENANTS,
         Scenario::Webhook => webhook::DEFAULT_TENANTS,
+        Scenario::Report => report::DEFAULT_TENANTS,
+        Scenario::Import => import::DEFAULT_TENANTS,
     };
     let params = Params {
         tenants: cli.tenants.unwrap_or(default_tenants),
-        rows: cli.rows,
+        rows: cli.rows.unwrap_or(match cli.scenario {
+            Scenario::Import => import::DEFAULT_ROWS,
+            _ => 20,
+        }),
         clients: cli.clients,
         seconds: cli.seconds,
     };
@@ -105,6 +116,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::Migrate => migrate::run(&workdir, &params)?,
         Scenario::Serve => serve::run(&workdir, &params)?,
         Scenario::Webhook => webhook::run(&workdir, &params)?,
+        Scenario::Report => report::run(&workdir, &params)?,
+        Scenario::Import => import::run(&workdir, &params)?,
     };
     if cli.json {
         println!("{}", report.json_line()?);

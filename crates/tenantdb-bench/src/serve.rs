@@ -19,8 +19,8 @@ use crate::harness::{
     Report, Workdir, create_tenants, open_fleet, populated_fleet, setup_threads, summarize,
     tenant_ids,
 };
-use crate::http::HttpClient;
 use crate::inproc::{self, Load};
+use tenantdb_server::client::HttpClient;
 
 pub const DEFAULT_TENANTS: usize = 1000;
 const DEFAULT_CLIENTS: usize = 32;
@@ -55,6 +55,32 @@ fn expect_ok(status: u16, body: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Starts the server on `fleet` and touches every tenant once, so later phases measure the
+/// cached path.
+fn start_warm(fleet: &Arc<tenantdb::Fleet>, tokens: &[String]) -> Result<inproc::RunningServer> {
+    let server = inproc::start(
+        Arc::clone(fleet),
+        ServerConfig {
+            auth: AuthConfig {
+                jwt_secret: Some(SECRET.into()),
+                ..AuthConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    )?;
+    let mut http = HttpClient::new(server.addr);
+    for token in tokens {
+        let (status, body) = http.send(
+            "POST",
+            "/v2/pipeline",
+            &[("authorization", token)],
+            &read_body(1),
+        )?;
+        expect_ok(status, &body)?;
+    }
+    Ok(server)
+}
+
 pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     let tenants = params.tenants;
     let clients = params.clients.unwrap_or(DEFAULT_CLIENTS);
@@ -72,29 +98,8 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     };
     let tokens: Vec<String> = ids.iter().map(bearer).collect::<Result<_>>()?;
     let cold_tokens: Vec<String> = cold_ids.iter().map(bearer).collect::<Result<_>>()?;
-    let server = inproc::start(
-        Arc::clone(&fleet),
-        ServerConfig {
-            auth: AuthConfig {
-                jwt_secret: Some(SECRET.into()),
-                ..AuthConfig::default()
-            },
-            ..ServerConfig::default()
-        },
-    )?;
+    let server = start_warm(&fleet, &tokens)?;
     let addr = server.addr;
-
-    // Warm every tenant once so the read phase measures the cached path.
-    let mut http = HttpClient::new(addr);
-    for token in &tokens {
-        let (status, body) = http.send(
-            "POST",
-            "/v2/pipeline",
-            &[("authorization", token)],
-            &read_body(1),
-        )?;
-        expect_ok(status, &body)?;
-    }
 
     let health = inproc::load(
         addr,
@@ -210,27 +215,8 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     config.cache_capacity = tenants.max(1000);
     config.audit_writes = false;
     let unaudited = Arc::new(tenantdb::Fleet::open(config)?);
-    let server = inproc::start(
-        Arc::clone(&unaudited),
-        ServerConfig {
-            auth: AuthConfig {
-                jwt_secret: Some(SECRET.into()),
-                ..AuthConfig::default()
-            },
-            ..ServerConfig::default()
-        },
-    )?;
+    let server = start_warm(&unaudited, &tokens)?;
     let addr = server.addr;
-    let mut http = HttpClient::new(addr);
-    for token in &tokens {
-        let (status, body) = http.send(
-            "POST",
-            "/v2/pipeline",
-            &[("authorization", token)],
-            &read_body(1),
-        )?;
-        expect_ok(status, &body)?;
-    }
     let writes_unaudited = inproc::load(
         addr,
         clients,

@@ -9,15 +9,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tenantdb::TenantId;
 use tenantdb_server::ServerConfig;
 use tenantdb_server::auth::AuthConfig;
 
 use crate::Params;
 use crate::harness::{Report, Workdir, create_tenants, open_fleet_at_v1, summarize, summarize_us};
-use crate::http::HttpClient;
+use tenantdb_server::client::HttpClient;
 
 pub const DEFAULT_TENANTS: usize = 2000;
 const DEFAULT_CLIENTS: usize = 16;
@@ -37,7 +35,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
                 admin_token: Some("benchmark-admin-token".into()),
                 ..AuthConfig::default()
             },
-            webhook_secrets: vec![secret],
+            webhook_secrets: vec![secret.clone()],
             ..ServerConfig::default()
         },
     )?;
@@ -54,10 +52,8 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
                 r#"{{"type":"user.created","object":"event","data":{{"id":"user_w{i:07}"}}}}"#
             )
             .into_bytes();
-            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET_KEY).context("HMAC key")?;
-            mac.update(format!("{id}.{timestamp}.").as_bytes());
-            mac.update(&body);
-            let signature = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+            let signature = tenantdb_server::webhook::sign(&secret, &id, &timestamp, &body)
+                .context("signing a delivery")?;
             Ok((id, body, signature))
         })
         .collect::<Result<_>>()?;

@@ -22,6 +22,10 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+
+    /// Whether `--data-dir` (or its variable) was given rather than defaulted.
+    #[arg(skip)]
+    pub explicit_data_dir: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +48,24 @@ pub enum Command {
     Sql { id: String, sql: String },
     /// Apply the migrations directory to every tenant (or `migrate status`).
     Migrate(MigrateCommand),
+    /// Split a shared database (a tenant column in every table) into per-tenant databases,
+    /// then verify every tenant against it.
+    Import(crate::import::ImportArgs),
+    /// One SELECT across every tenant, as if all their rows were in one database.
+    Report(crate::report::ReportArgs),
     /// Fleet analytics: tenants, activity, sizes, versions, traffic.
     Stats,
+    /// Walk through the whole system in under a minute, in a temporary directory (or in
+    /// --data-dir when given): signups by webhook, per-user writes over Hrana, isolation, a
+    /// migration, a cross-tenant report, the audit and fleet stats.
+    Demo {
+        /// Users to sign up.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Run even if the data directory already holds tenants.
+        #[arg(long)]
+        use_existing: bool,
+    },
     /// Read a tenant's write audit (`--verify` checks its hash chain), or the admin audit.
     Audit {
         /// The tenant whose write audit to read.

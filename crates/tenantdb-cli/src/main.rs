@@ -1,15 +1,18 @@
 //! `tenantdb`: the command line over the tenantdb library.
 
 mod args;
+mod demo;
+mod import;
 mod output;
 mod progress;
+mod report;
 mod serve;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use serde_json::json;
 use tenantdb::{Config, Fleet, MigrateOptions, TenantId, TenantInfo};
 
@@ -20,14 +23,28 @@ use output::{cell, json_value, print_json, table, time};
 const ACTOR: &str = "cli";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let explicit_data_dir = matches
+        .value_source("data_dir")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The demo's server logs every request; keep its output to the walk-through.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "warn,tenantdb=info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tenantdb=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
+    cli.explicit_data_dir = explicit_data_dir;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -51,11 +68,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             serve::token(&cli.data_dir, &id, &ttl, &auth)?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Demo {
+            users,
+            use_existing,
+        } => {
+            demo::run(demo::DemoArgs {
+                data_dir: cli.explicit_data_dir.then(|| cli.data_dir.clone()),
+                users,
+                use_existing,
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Import(args) => return import::run(&cli.data_dir, args, cli.json),
         _ => {}
     }
     let fleet = open(&cli.data_dir)?;
     match cli.command {
-        Command::Serve(_) | Command::Token { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Token { .. } | Command::Import(_) | Command::Demo { .. } => {
+            unreachable!("handled above")
+        }
         Command::Tenant(cmd) => tenant(&fleet, cmd, cli.json),
         Command::Sql { id, sql } => run_sql(&fleet, &id, &sql, cli.json),
         Command::Stats => stats(&fleet, cli.json),
@@ -67,6 +98,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             limit,
         } => audit(&fleet, id.as_deref(), admin, verify, after, limit, cli.json),
         Command::Migrate(cmd) => migrate(&fleet, cmd, cli.json),
+        Command::Report(args) => report::run(&fleet, args, cli.json, ACTOR),
     }
 }
 
@@ -82,11 +114,13 @@ fn ids_named(command: &Command) -> Vec<&str> {
         | Command::Sql { id, .. }
         | Command::Audit { id: Some(id), .. }
         | Command::Token { id, .. } => vec![id.as_str()],
-        Command::Serve(_) => Vec::new(),
+        Command::Report(args) => args.tenants.iter().map(String::as_str).collect(),
+        Command::Serve(_) | Command::Import(_) => Vec::new(),
         Command::Tenant(TenantCommand::List { .. })
         | Command::Migrate(_)
         | Command::Audit { id: None, .. }
-        | Command::Stats => Vec::new(),
+        | Command::Stats
+        | Command::Demo { .. } => Vec::new(),
     }
 }
 

@@ -34,3 +34,10 @@ impl tenantdb::Progress for Bar {
         self.0.finish_and_clear();
     }
 }
+
+/// A plain progress bar for work the CLI drives itself (hidden off a terminal).
+pub fn bar(label: &'static str, total: u64) -> ProgressBar {
+    let bar = Bar::new(label).0;
+    bar.set_length(total);
+    bar
+}

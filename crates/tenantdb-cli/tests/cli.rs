@@ -682,3 +682,31 @@ fn audit_and_stats_through_the_cli() {
     assert_eq!(stats["schema_versions"], serde_json::json!({"1": 2}));
     ok(tdb(&data, &["stats"]));
 }
+
+#[test]
+fn demo_walks_through_the_system_and_refuses_a_used_directory() {
+    let tmp = TempDir::new().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--users", "40"])
+        .output()
+        .unwrap();
+    let text = ok(out);
+    for expected in [
+        "40 users signed up through signed webhooks",
+        "120 todos written",
+        "refused (403)",
+        "40 tenants migrated, 0 failed",
+        "report across 40 tenants",
+        "audit of user_demo",
+        "fleet: 40 tenants",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    // In a given directory it runs once; a second run refuses unless told to reuse it.
+    let dir = tmp.path().join("demo");
+    ok(tdb(&dir, &["demo", "--users", "5"]));
+    let err = fails(tdb(&dir, &["demo", "--users", "5"]));
+    assert!(err.contains("already holds tenants"), "{err}");
+    let text = ok(tdb(&dir, &["demo", "--users", "5", "--use-existing"]));
+    assert!(text.contains("fleet: 10 tenants"), "{text}");
+}

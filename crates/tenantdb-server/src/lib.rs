@@ -7,10 +7,12 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod hrana;
 pub mod metrics;
+mod reports;
 mod routes;
 pub mod secrets;
 pub mod webhook;

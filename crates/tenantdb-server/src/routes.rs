@@ -60,6 +60,7 @@ fn admin_routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/admin/tenants/{id}/audit", get(admin::tenant_audit))
         .route("/admin/migrations", get(admin::migrations))
         .route("/admin/migrations/apply", post(admin::apply_migrations))
+        .route("/admin/reports", post(crate::reports::run))
         .route_layer(middleware::from_fn_with_state(
             admin::Gate::new(Arc::clone(app)),
             admin::require_admin,

@@ -33,6 +33,8 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     match dir.parent() {
+        // A one-word relative path's parent is "", the current directory.
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }

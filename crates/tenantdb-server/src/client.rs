@@ -1,11 +1,10 @@
-//! A minimal HTTP/1.1 client with keep-alive, for load generation: one connection per client
-//! thread, no allocation beyond the buffers it reuses, so the client costs the measured server
-//! as little CPU as possible on a 2-core machine.
+//! A minimal blocking HTTP/1.1 client with keep-alive, for the tools that drive a server on
+//! loopback (`tenantdb demo`, `tenantdb-bench`): one connection per thread and reused buffers,
+//! so a load generator costs the measured server as little CPU as possible on a 2-core machine.
 
+use std::io;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-
-use anyhow::{Context, Result, bail};
 
 pub struct HttpClient {
     addr: SocketAddr,
@@ -22,14 +21,17 @@ impl HttpClient {
         }
     }
 
-    fn connection(&mut self) -> Result<&mut BufReader<TcpStream>> {
+    fn connection(&mut self) -> io::Result<&mut BufReader<TcpStream>> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(self.addr)
-                .with_context(|| format!("connecting to {}", self.addr))?;
-            stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+            let stream = TcpStream::connect(self.addr).map_err(|e| {
+                io::Error::new(e.kind(), format!("connecting to {}: {e}", self.addr))
+            })?;
+            stream.set_nodelay(true)?;
             self.conn = Some(BufReader::with_capacity(64 * 1024, stream));
         }
-        self.conn.as_mut().context("the connection was just opened")
+        self.conn
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the connection was just opened"))
     }
 
     /// Sends one request and returns the status and body. Reconnects once if the server had
@@ -40,7 +42,7 @@ impl HttpClient {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<(u16, Vec<u8>)> {
+    ) -> io::Result<(u16, Vec<u8>)> {
         self.request.clear();
         write!(
             self.request,
@@ -65,11 +67,11 @@ impl HttpClient {
         }
     }
 
-    fn exchange(&mut self) -> Result<(u16, Vec<u8>)> {
+    fn exchange(&mut self) -> io::Result<(u16, Vec<u8>)> {
         let request = std::mem::take(&mut self.request);
         let result = (|| {
             let conn = self.connection()?;
-            conn.get_mut().write_all(&request).context("sending")?;
+            conn.get_mut().write_all(&request)?;
             read_response(conn)
         })();
         self.request = request;
@@ -80,25 +82,25 @@ impl HttpClient {
     }
 }
 
-fn read_response(conn: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>)> {
+fn read_response(conn: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>)> {
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut line = String::new();
-    if conn
-        .read_line(&mut line)
-        .context("reading the status line")?
-        == 0
-    {
-        bail!("the server closed the connection");
+    if conn.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
+        .ok_or_else(|| bad(format!("bad status line {line:?}")))?;
     let mut length = None;
     let mut chunked = false;
     loop {
         line.clear();
-        conn.read_line(&mut line).context("reading a header")?;
+        conn.read_line(&mut line)?;
         let header = line.trim_end();
         if header.is_empty() {
             break;
@@ -116,8 +118,9 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>)> {
     if chunked {
         loop {
             line.clear();
-            conn.read_line(&mut line).context("reading a chunk size")?;
-            let size = usize::from_str_radix(line.trim(), 16).context("bad chunk size")?;
+            conn.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| bad(format!("bad chunk size {line:?}")))?;
             if size == 0 {
                 line.clear();
                 conn.read_line(&mut line)?;
@@ -131,7 +134,7 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> Result<(u16, Vec<u8>)> {
         }
     } else if let Some(length) = length {
         body.resize(length, 0);
-        conn.read_exact(&mut body).context("reading the body")?;
+        conn.read_exact(&mut body)?;
     }
     Ok((status, body))
 }
