@@ -99,9 +99,11 @@ pub async fn run(
     let (head_tx, head_rx) = oneshot::channel::<Result<Head, Error>>();
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     let fleet = Arc::clone(&app.fleet);
+    let timed = Arc::clone(&app);
     tokio::task::spawn_blocking(move || {
         // Held until the last row is sent.
         let _slot = slot;
+        let started = std::time::Instant::now();
         let options = ReportOptions {
             cancel: Some(cancel),
             ..ReportOptions::default()
@@ -122,6 +124,9 @@ pub async fn run(
             return;
         }
         stream(&mut report, format, &body_tx);
+        timed
+            .metrics
+            .observe_report(started.elapsed().as_secs_f64());
     });
 
     let head = match head_rx.await {

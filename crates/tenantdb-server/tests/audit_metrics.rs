@@ -282,3 +282,38 @@ fn metrics_parse_as_prometheus_text_with_the_expected_families() {
         .unwrap();
     assert!(matches!(provisioned.value, prometheus_parse::Value::Counter(v) if v >= 1.0));
 }
+
+#[test]
+fn report_durations_reach_the_metrics() {
+    let s = TestServer::start();
+    s.exec(&s.token("ivy"), "INSERT INTO todos (title) VALUES ('a')", json!([]));
+    let (status, body) = s.post(
+        "/admin/reports",
+        Some(ADMIN),
+        &[],
+        &json!({"sql": "SELECT count(*) FROM todos"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (_, metrics) = s.get("/metrics");
+    let lines = metrics.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let count = scrape
+        .samples
+        .iter()
+        .find(|x| x.metric == "tenantdb_report_duration_seconds_count")
+        .map(|x| match x.value {
+            prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => v,
+            _ => -1.0,
+        });
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|x| x.metric == "tenantdb_report_duration_seconds");
+    let observed = match histogram.map(|h| &h.value) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => {
+            buckets.last().map_or(0.0, |b| b.count)
+        }
+        _ => count.unwrap_or(0.0),
+    };
+    assert_eq!(observed, 1.0, "{metrics}");
+}
