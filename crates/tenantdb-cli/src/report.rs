@@ -212,7 +212,11 @@ fn parse_time(raw: &str) -> Result<i64> {
     ) else {
         bail!("{raw:?} is not a time: give unix seconds, 2024-05-01 or 2024-05-01T12:00:00Z");
     };
-    if parts.len() != 3 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if parts.len() != 3
+        || !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         bail!("{raw:?} is not a date: give unix seconds, 2024-05-01 or 2024-05-01T12:00:00Z");
     }
     let mut seconds = days_from_civil(y, m, d) * 86_400;

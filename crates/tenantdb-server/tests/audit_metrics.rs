@@ -286,7 +286,11 @@ fn metrics_parse_as_prometheus_text_with_the_expected_families() {
 #[test]
 fn report_durations_reach_the_metrics() {
     let s = TestServer::start();
-    s.exec(&s.token("ivy"), "INSERT INTO todos (title) VALUES ('a')", json!([]));
+    s.exec(
+        &s.token("ivy"),
+        "INSERT INTO todos (title) VALUES ('a')",
+        json!([]),
+    );
     let (status, body) = s.post(
         "/admin/reports",
         Some(ADMIN),

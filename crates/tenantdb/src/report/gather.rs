@@ -40,8 +40,9 @@ const CATALOG_PAGE: usize = 1000;
 /// tenant.
 const HANDOFF: usize = 32;
 
-/// A report's scratch database: a private directory holding `scratch.db`, removed (with any
-/// temporary files SQLite put there) when dropped.
+/// A report's scratch database: a private directory holding `scratch.db`, removed when
+/// dropped. (SQLite's own temporary files, for sorts and the like, are unlinked as soon as
+/// they are created, so they go away with the connection.)
 pub struct Scratch {
     dir: PathBuf,
     db: PathBuf,
@@ -145,9 +146,16 @@ pub fn gather(
     let mut tally = Tally::default();
     let total = selection_size(fleet, request)?;
     progress.start(total);
-    let outcome = copy_all(
-        fleet, request, options, plan, &scratch, cancel, progress, &mut tally,
-    );
+    let job = Job {
+        fleet,
+        request,
+        options,
+        plan,
+        scratch: &scratch,
+        cancel,
+        progress,
+    };
+    let outcome = job.copy_all(&mut tally);
     progress.finish();
     outcome?;
     tally.skipped.sort_by(|a, b| a.tenant.cmp(&b.tenant));
@@ -201,72 +209,86 @@ fn each_live_tenant(fleet: &Fleet, mut f: impl FnMut(&TenantRecord) -> bool) -> 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn copy_all(
-    fleet: &Fleet,
-    request: &ReportRequest,
-    options: &super::ReportOptions,
-    plan: &Plan,
-    scratch: &Scratch,
-    cancel: &Arc<AtomicBool>,
-    progress: &dyn Progress,
-    tally: &mut Tally,
-) -> Result<()> {
-    let batch_tenants = options
-        .batch_tenants
-        .clamp(1, crate::fleet::REQUIRED_MAX_ATTACHED as usize);
-    let (tx, rx) = sync_channel::<Vec<TenantId>>(4);
-    let queue = Mutex::new(rx);
-    let writer = Mutex::new(());
-    let failed = AtomicBool::new(false);
-    let shared = Mutex::new(std::mem::take(tally));
-    let worker = Worker {
-        fleet,
-        plan,
-        scratch,
-        queue: &queue,
-        writer: &writer,
-        cancel,
-        failed: &failed,
-        progress,
-        batch_tenants,
-        batch_bytes: options.batch_bytes.max(1),
-        tally: &shared,
-    };
-    let outcome = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..options.jobs.max(1))
-            .map(|_| {
-                let worker = &worker;
-                scope.spawn(move || {
-                    let result = worker.run();
-                    if result.is_err() {
-                        worker.failed.store(true, Ordering::Relaxed);
-                    }
-                    result
+/// Everything one gathering run works with.
+struct Job<'a> {
+    fleet: &'a Fleet,
+    request: &'a ReportRequest,
+    options: &'a super::ReportOptions,
+    plan: &'a Plan,
+    scratch: &'a Scratch,
+    cancel: &'a Arc<AtomicBool>,
+    progress: &'a dyn Progress,
+}
+
+impl Job<'_> {
+    /// Runs the workers and feeds them the selected tenants; adds what they did to `tally`.
+    fn copy_all(&self, tally: &mut Tally) -> Result<()> {
+        let Job {
+            fleet,
+            request,
+            options,
+            plan,
+            scratch,
+            cancel,
+            progress,
+        } = *self;
+        let batch_tenants = options
+            .batch_tenants
+            .clamp(1, crate::fleet::REQUIRED_MAX_ATTACHED as usize);
+        let (tx, rx) = sync_channel::<Vec<TenantId>>(4);
+        let queue = Mutex::new(Some(rx));
+        let writer = Mutex::new(());
+        let failed = AtomicBool::new(false);
+        let shared = Mutex::new(std::mem::take(tally));
+        let worker = Worker {
+            fleet,
+            plan,
+            scratch,
+            queue: &queue,
+            writer: &writer,
+            cancel,
+            failed: &failed,
+            progress,
+            batch_tenants,
+            batch_bytes: options.batch_bytes.max(1),
+            tally: &shared,
+        };
+        let outcome = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..options.jobs.max(1))
+                .map(|_| {
+                    let worker = &worker;
+                    scope.spawn(move || {
+                        let _exit = WorkerExit(worker);
+                        let result = worker.run();
+                        if result.is_err() {
+                            worker.failed.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })
                 })
-            })
-            .collect();
-        let produced = produce(fleet, request, &tx, &failed, cancel, &shared, progress);
-        drop(tx);
-        let mut first_error = produced.err();
-        for handle in handles {
-            let result = handle
-                .join()
-                .unwrap_or_else(|_| Err(Error::Config("a report worker thread panicked".into())));
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
+                .collect();
+            let produced = produce(fleet, request, &tx, &failed, cancel, &shared, progress);
+            drop(tx);
+            let mut first_error = produced.err();
+            for handle in handles {
+                let result = handle.join().unwrap_or_else(|_| {
+                    Err(Error::Config("a report worker thread panicked".into()))
+                });
+                if let Err(e) = result {
+                    first_error.get_or_insert(e);
+                }
             }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        });
+        *tally = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if cancelled(cancel) {
+            return Err(interrupted());
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    });
-    *tally = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
-    if cancelled(cancel) {
-        return Err(interrupted());
+        outcome
     }
-    outcome
 }
 
 /// Sends the selected tenants to the workers; selected ids that are not live tenants go
@@ -337,7 +359,7 @@ struct Worker<'a> {
     fleet: &'a Fleet,
     plan: &'a Plan,
     scratch: &'a Scratch,
-    queue: &'a Mutex<Receiver<Vec<TenantId>>>,
+    queue: &'a Mutex<Option<Receiver<Vec<TenantId>>>>,
     /// Held while a batch copies into the scratch database: one writer at a time, and no
     /// thread ever waits inside SQLite's busy handler for another.
     writer: &'a Mutex<()>,
@@ -347,6 +369,25 @@ struct Worker<'a> {
     batch_tenants: usize,
     batch_bytes: u64,
     tally: &'a Mutex<Tally>,
+}
+
+/// Runs when a worker thread ends, also by panicking: a panic stops the others, and once
+/// the run is stopped the queue is closed, which wakes a producer waiting for room in it.
+struct WorkerExit<'a, 'w>(&'a Worker<'w>);
+
+impl Drop for WorkerExit<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::Relaxed);
+        }
+        if self.0.stopped() {
+            self.0
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+    }
 }
 
 /// A tenant attached in the current batch, with its copy statements prepared.
@@ -368,6 +409,7 @@ impl Worker<'_> {
             .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()?
             .recv()
             .ok()?;
         *local = chunk.into_iter();
@@ -442,7 +484,7 @@ impl Worker<'_> {
                     });
                 }
                 let reason = if path.exists() {
-                    format!("unreadable: {}", message(&e))
+                    unreadable(&e)
                 } else {
                     "deleted".to_string()
                 };
@@ -455,8 +497,8 @@ impl Worker<'_> {
                     attached.push(Attached { id, statements });
                 }
                 Err(e) => {
-                    let reason = lacking(conn, slot, &self.plan.reads)
-                        .unwrap_or_else(|| format!("unreadable: {}", message(&e)));
+                    let reason =
+                        lacking(conn, slot, &self.plan.reads).unwrap_or_else(|| unreadable(&e));
                     skipped.push(skip(&id, &reason));
                     detach(conn, slot)?;
                 }
@@ -496,13 +538,7 @@ impl Worker<'_> {
                                 }
                             });
                         }
-                        let reason = match e.sqlite_error_code() {
-                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-                                format!("busy: {}", message(&e))
-                            }
-                            _ => format!("unreadable: {}", message(&e)),
-                        };
-                        failures.push(skip(&tenant.id, &reason));
+                        failures.push(skip(&tenant.id, &unreadable(&e)));
                         attached.remove(i);
                         continue 'attempt;
                     }
@@ -620,6 +656,16 @@ fn is_fatal(e: &rusqlite::Error) -> bool {
         e.sqlite_error_code(),
         Some(ErrorCode::DiskFull | ErrorCode::OutOfMemory | ErrorCode::OperationInterrupted)
     )
+}
+
+/// Why a tenant could not be read, for the skipped list.
+fn unreadable(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("busy: {}", message(e))
+        }
+        _ => format!("unreadable: {}", message(e)),
+    }
 }
 
 fn message(e: &rusqlite::Error) -> String {
