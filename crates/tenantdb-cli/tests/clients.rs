@@ -6,15 +6,16 @@
 //! The npm package is pinned in `tests/clients/js/package-lock.json` and installed by the
 //! README's test command (`scripts/test` runs `npm ci --prefix tests/clients/js`).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use libsql::{Connection, Value, named_params, params};
 use tempfile::TempDir;
+
+mod common;
+use common::ServeProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
@@ -60,9 +61,8 @@ fn run_ok(cmd: &mut Command) -> String {
 
 /// A running `tenantdb serve`, killed when dropped (also when a test panics).
 struct Server {
-    child: Child,
+    serve: ServeProcess,
     url: String,
-    stderr: Arc<Mutex<String>>,
     data: PathBuf,
     _dir: TempDir,
 }
@@ -80,52 +80,14 @@ impl Server {
                 .arg(&migrations),
         );
 
-        let mut child = tenantdb(&data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tenantdb serve starts");
-
-        // Keep reading stderr for the server's whole life (a full pipe would block it), and
-        // hand over the address from its `tenantdb serving <dir> on http://<addr>` line.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("tenantdb serving ")
-                    && let Some((_, url)) = rest.rsplit_once(" on ")
-                {
-                    let _ = tx.send(url.to_string());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Server {
-            child,
-            url: String::new(),
-            stderr,
+        let serve = ServeProcess::start(&data, &[], &[("TENANTDB_JWT_SECRET", JWT_SECRET)]);
+        let url = serve.url();
+        let server = Server {
+            serve,
+            url,
             data,
             _dir: dir,
         };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => server.url = url,
-            Err(e) => panic!(
-                "tenantdb serve did not print its address ({}); stderr:\n{}",
-                match e {
-                    mpsc::RecvTimeoutError::Timeout => "not within 60s",
-                    mpsc::RecvTimeoutError::Disconnected => "it exited",
-                },
-                server.log()
-            ),
-        }
         assert!(
             server.url.starts_with("http://127.0.0.1:"),
             "{}",
@@ -154,14 +116,7 @@ impl Server {
     }
 
     fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.serve.log()
     }
 }
 

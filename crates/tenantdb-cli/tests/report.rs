@@ -1,15 +1,16 @@
 //! `tenantdb report` through the real binary: formats, refusals, the audit, and a report from
 //! this separate process while `tenantdb serve` keeps taking writes on the same data directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+mod common;
+use common::ServeProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 const JWT_SECRET: &str = "report-test-secret-0123456789abcdef0123";
@@ -255,59 +256,6 @@ fn report_runs_are_in_the_admin_audit() {
     assert_eq!(runs[0]["detail"], sql);
 }
 
-/// A running `tenantdb serve`, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = tenantdb(data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tenantdb serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("tenantdb serving ")
-                    && let Some((_, url)) = rest.rsplit_once(" on ")
-                {
-                    let _ = tx.send(url.to_string());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "tenantdb serve did not start ({e}): {}",
-                    log.lock().unwrap()
-                )
-            });
-        Server { child, url, log }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_report_from_another_process_runs_while_the_server_takes_writes() {
     let dir = TempDir::new().unwrap();
@@ -316,7 +264,7 @@ fn a_report_from_another_process_runs_while_the_server_takes_writes() {
     let mut create = vec!["tenant", "create"];
     create.extend(ids.iter().map(String::as_str));
     ok(run(&data, &create));
-    let server = Server::start(&data);
+    let server = ServeProcess::start(&data, &[], &[("TENANTDB_JWT_SECRET", JWT_SECRET)]);
     let tokens: Vec<String> = ids
         .iter()
         .map(|id| ok(run(&data, &["token", id])).0.trim().to_string())
@@ -335,7 +283,7 @@ fn a_report_from_another_process_runs_while_the_server_takes_writes() {
             runtime.block_on(async {
                 let mut conns = Vec::new();
                 for token in &tokens {
-                    let db = libsql::Builder::new_remote(server.url.clone(), token.clone())
+                    let db = libsql::Builder::new_remote(server.url(), token.clone())
                         .build()
                         .await
                         .expect("a remote database");
@@ -383,11 +331,7 @@ fn a_report_from_another_process_runs_while_the_server_takes_writes() {
         stop.store(true, Ordering::Relaxed);
     });
     let written = written.load(Ordering::Relaxed);
-    assert!(
-        written > 0,
-        "no write went through: {}",
-        server.log.lock().unwrap()
-    );
+    assert!(written > 0, "no write went through: {}", server.log());
     let (doc, _) = ok(run(
         &data,
         &[

@@ -6,16 +6,19 @@
 //! package pinned in `tests/clients/js/package-lock.json`, installed by `scripts/test`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+mod common;
+use common::ServeProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
@@ -53,69 +56,13 @@ fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// A running `tenantdb serve`; killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = tenantdb(data)
-            .args(["serve", "--listen", "127.0.0.1:0", "--no-lazy-provisioning"])
-            .args(["--webhook-secret", WEBHOOK_SECRET])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tenantdb serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.strip_prefix("tenantdb serving ")
-                    && let Some((_, url)) = rest.rsplit_once(" on http://")
-                {
-                    let _ = tx.send(url.to_string());
-                }
-                let mut sink = sink.lock().unwrap();
-                sink.push_str(&line);
-                sink.push('\n');
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Server { child, addr, log },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "tenantdb serve did not print its address; stderr:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: no graceful shutdown, no chance to finish anything.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A running `tenantdb serve` that provisions at signup and checks webhook signatures.
+fn serve(data: &Path) -> ServeProcess {
+    ServeProcess::start(
+        data,
+        &["--no-lazy-provisioning", "--webhook-secret", WEBHOOK_SECRET],
+        &[("TENANTDB_JWT_SECRET", JWT_SECRET)],
+    )
 }
 
 fn now() -> i64 {
@@ -302,7 +249,7 @@ fn a_server_killed_mid_delivery_completes_every_signup_on_retry() {
     let expected: BTreeSet<String> = deliveries.iter().map(|d| d.user.clone()).collect();
 
     // Round 1: killed part-way.
-    let mut first = Server::start(&data);
+    let mut first = serve(&data);
     let first_pid = first.pid();
     let addr = first.addr.clone();
     let ts = now();
@@ -338,7 +285,7 @@ fn a_server_killed_mid_delivery_completes_every_signup_on_retry() {
 
     // Round 2: the sender retries everything (re-signed with a fresh timestamp, same message
     // ids and bodies, as Svix does) against the restarted server.
-    let second = Server::start(&data);
+    let second = serve(&data);
     let ts = now();
     let sigs = sign_all(&deliveries, ts);
     let round2 = send_all(&second.addr, &deliveries, &sigs, ts, &|_| {});
@@ -349,7 +296,7 @@ fn a_server_killed_mid_delivery_completes_every_signup_on_retry() {
             panic!(
                 "{} got no answer from the restarted server; its log:\n{}",
                 d.msg_id,
-                second.log.lock().unwrap()
+                second.log()
             );
         };
         assert_eq!(*status, 200, "{}: {body}", d.msg_id);
