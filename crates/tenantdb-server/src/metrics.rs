@@ -63,9 +63,15 @@ impl Histogram {
 }
 
 #[derive(Default)]
+struct RouteStats {
+    statuses: BTreeMap<u16, u64>,
+    latency: Histogram,
+}
+
+#[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
+    /// By route template; allocated once per route, looked up by `&str` after that.
+    routes: BTreeMap<String, RouteStats>,
     reports: Histogram,
 }
 
@@ -82,15 +88,12 @@ impl Metrics {
 
     pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
         let mut inner = self.inner();
-        *inner
-            .requests
-            .entry((route.to_string(), status))
-            .or_insert(0) += 1;
-        inner
-            .latency
-            .entry(route.to_string())
-            .or_default()
-            .observe(seconds);
+        let stats = match inner.routes.get_mut(route) {
+            Some(stats) => stats,
+            None => inner.routes.entry(route.to_string()).or_default(),
+        };
+        *stats.statuses.entry(status).or_insert(0) += 1;
+        stats.latency.observe(seconds);
     }
 
     /// Records how long a cross-tenant report took.
@@ -106,15 +109,13 @@ pub struct TenantTag(pub String);
 /// Counts, times and logs every request: one line with route, status, duration and tenant.
 pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
     let response = next.run(request).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
-    app.metrics.observe_request(&route, status, seconds);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    app.metrics.observe_request(route, status, seconds);
     let tenant = response
         .extensions()
         .get::<TenantTag>()
@@ -154,12 +155,14 @@ pub async fn render(State(app): State<Arc<App>>) -> Response {
             "counter",
             "HTTP requests by route and status.",
         );
-        for ((route, status), n) in &inner.requests {
-            let _ = writeln!(
-                out,
-                "tenantdb_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                escape(route)
-            );
+        for (route, stats) in &inner.routes {
+            for (status, n) in &stats.statuses {
+                let _ = writeln!(
+                    out,
+                    "tenantdb_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    escape(route)
+                );
+            }
         }
         family(
             &mut out,
@@ -167,8 +170,8 @@ pub async fn render(State(app): State<Arc<App>>) -> Response {
             "histogram",
             "HTTP request latency by route.",
         );
-        for (route, h) in &inner.latency {
-            h.render(
+        for (route, stats) in &inner.routes {
+            stats.latency.render(
                 &mut out,
                 "tenantdb_http_request_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),

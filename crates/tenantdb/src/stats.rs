@@ -25,7 +25,11 @@ pub struct Activity {
 impl Activity {
     pub fn record(&self, id: &TenantId, requests: u64, writes: u64) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = pending.entry(id.clone()).or_default();
+        // Look up before inserting: a busy tenant's id is not copied on every request.
+        let entry = match pending.get_mut(id) {
+            Some(entry) => entry,
+            None => pending.entry(id.clone()).or_default(),
+        };
         entry.0 += requests;
         entry.1 += writes;
         entry.2 = unix_now();
