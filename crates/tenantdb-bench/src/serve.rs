@@ -134,23 +134,27 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
             expect_ok(status, &body)
         },
     )?;
-    let writes = inproc::load(
-        addr,
-        clients,
-        seconds,
-        1,
-        |_| 0,
-        |c, i, http| {
-            let t = pick(c, i, tokens.len());
-            let (status, body) = http.send(
-                "POST",
-                "/v2/pipeline",
-                &[("authorization", &tokens[t])],
-                &write_body(&format!("c{c} i{i}")),
-            )?;
-            expect_ok(status, &body)
-        },
-    )?;
+    // Single-row inserts, each to a tenant picked like the reads; `tag` keeps titles apart.
+    let write_phase = |addr, tag: &'static str| {
+        inproc::load(
+            addr,
+            clients,
+            seconds,
+            1,
+            |_| 0,
+            |c, i, http| {
+                let t = pick(c, i, tokens.len());
+                let (status, body) = http.send(
+                    "POST",
+                    "/v2/pipeline",
+                    &[("authorization", &tokens[t])],
+                    &write_body(&format!("{tag} c{c} i{i}")),
+                )?;
+                expect_ok(status, &body)
+            },
+        )
+    };
+    let writes = write_phase(addr, "on")?;
     // Warm reads over a small hot set, alone and then beside clients opening cold tenants.
     let hot = HOT_TENANTS.min(tokens.len());
     let hot_alone = inproc::load(
@@ -217,23 +221,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     let unaudited = Arc::new(tenantdb::Fleet::open(config)?);
     let server = start_warm(&unaudited, &tokens)?;
     let addr = server.addr;
-    let writes_unaudited = inproc::load(
-        addr,
-        clients,
-        seconds,
-        1,
-        |_| 0,
-        |c, i, http| {
-            let t = pick(c, i, tokens.len());
-            let (status, body) = http.send(
-                "POST",
-                "/v2/pipeline",
-                &[("authorization", &tokens[t])],
-                &write_body(&format!("off c{c} i{i}")),
-            )?;
-            expect_ok(status, &body)
-        },
-    )?;
+    let writes_unaudited = write_phase(addr, "off")?;
     server.stop();
     unaudited.shutdown();
 
