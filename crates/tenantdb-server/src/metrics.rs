@@ -6,8 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -62,43 +63,99 @@ impl Histogram {
     }
 }
 
+/// One route's counters, updated with atomics only: the request path takes no lock once the
+/// route has been seen.
 #[derive(Default)]
 struct RouteStats {
-    statuses: BTreeMap<u16, u64>,
-    latency: Histogram,
+    /// Counts by status code, for the codes the server answers; others share `other`.
+    statuses: [AtomicU64; STATUS_CODES.len()],
+    other: Mutex<BTreeMap<u16, u64>>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// By route template; allocated once per route, looked up by `&str` after that.
-    routes: BTreeMap<String, RouteStats>,
-    reports: Histogram,
+/// The status codes the server itself answers with.
+const STATUS_CODES: [u16; 12] = [200, 201, 204, 400, 401, 403, 404, 409, 413, 500, 503, 405];
+
+impl RouteStats {
+    fn observe(&self, status: u16, seconds: f64) {
+        match STATUS_CODES.iter().position(|c| *c == status) {
+            Some(i) => {
+                self.statuses[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                let mut other = self.other.lock().unwrap_or_else(|p| p.into_inner());
+                *other.entry(status).or_insert(0) += 1;
+            }
+        }
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn statuses(&self) -> BTreeMap<u16, u64> {
+        let mut all = self.other.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (code, n) in STATUS_CODES.iter().zip(&self.statuses) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                all.insert(*code, n);
+            }
+        }
+        all
+    }
+
+    fn histogram(&self) -> Histogram {
+        let mut h = Histogram::default();
+        for (slot, count) in h.counts.iter_mut().zip(&self.buckets) {
+            *slot = count.load(Ordering::Relaxed);
+        }
+        h.sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        h.count = self.count.load(Ordering::Relaxed);
+        h
+    }
 }
 
 /// What the HTTP layer counts itself.
 #[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    /// By route template; written once per new route, read (shared) on every request.
+    routes: RwLock<BTreeMap<String, Arc<RouteStats>>>,
+    reports: Mutex<Histogram>,
 }
 
 impl Metrics {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
-        let mut inner = self.inner();
-        let stats = match inner.routes.get_mut(route) {
+        let known = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(route)
+            .cloned();
+        let stats = match known {
             Some(stats) => stats,
-            None => inner.routes.entry(route.to_string()).or_default(),
+            None => Arc::clone(
+                self.routes
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(route.to_string())
+                    .or_default(),
+            ),
         };
-        *stats.statuses.entry(status).or_insert(0) += 1;
-        stats.latency.observe(seconds);
+        stats.observe(status, seconds);
     }
 
     /// Records how long a cross-tenant report took.
     pub fn observe_report(&self, seconds: f64) {
-        self.inner().reports.observe(seconds);
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(seconds);
     }
 }
 
@@ -148,15 +205,22 @@ fn escape(value: &str) -> String {
 pub async fn render(State(app): State<Arc<App>>) -> Response {
     let mut out = String::with_capacity(8 * 1024);
     {
-        let inner = app.metrics.inner();
+        let routes: Vec<(String, Arc<RouteStats>)> = app
+            .metrics
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(route, stats)| (route.clone(), Arc::clone(stats)))
+            .collect();
         family(
             &mut out,
             "tenantdb_http_requests_total",
             "counter",
             "HTTP requests by route and status.",
         );
-        for (route, stats) in &inner.routes {
-            for (status, n) in &stats.statuses {
+        for (route, stats) in &routes {
+            for (status, n) in stats.statuses() {
                 let _ = writeln!(
                     out,
                     "tenantdb_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
@@ -170,8 +234,8 @@ pub async fn render(State(app): State<Arc<App>>) -> Response {
             "histogram",
             "HTTP request latency by route.",
         );
-        for (route, stats) in &inner.routes {
-            stats.latency.render(
+        for (route, stats) in &routes {
+            stats.histogram().render(
                 &mut out,
                 "tenantdb_http_request_duration_seconds",
                 &format!("route=\"{}\"", escape(route)),
@@ -183,8 +247,10 @@ pub async fn render(State(app): State<Arc<App>>) -> Response {
             "histogram",
             "Cross-tenant report run time.",
         );
-        inner
+        app.metrics
             .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .render(&mut out, "tenantdb_report_duration_seconds", "");
     }
     let fleet = &app.fleet;
