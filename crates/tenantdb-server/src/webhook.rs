@@ -466,9 +466,9 @@ impl Outcome {
 }
 
 /// Serializes the deliveries that concern one user (or, for other events, one message id)
-/// within this process. The fleet's operations are idempotent, but two deletions of the same
-/// live tenant running at once can trip over each other; and in sequence, concurrent copies of
-/// the same delivery settle as one action and then duplicates.
+/// within this process, so that concurrent copies of one delivery settle as one action and then
+/// duplicates (the fleet itself already serializes each tenant's lifecycle changes; this is
+/// only about what each copy reports).
 static STRIPES: [Mutex<()>; 64] = [const { Mutex::new(()) }; 64];
 
 fn stripe(key: &str) -> &'static Mutex<()> {

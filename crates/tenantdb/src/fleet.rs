@@ -2,7 +2,7 @@
 //! server, the CLI and the benchmarks reach tenant databases.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rusqlite::limits::Limit;
@@ -48,6 +48,10 @@ pub struct Fleet {
     audit_writes: bool,
     activity: crate::stats::Activity,
     counters: crate::stats::Counters,
+    /// Lifecycle changes of one tenant (create, delete, restore, purge) run one at a time:
+    /// each is a catalog change plus file moves, and two interleaved would trip over each
+    /// other's files. Striped by id, so different tenants never wait for each other.
+    lifecycle: [Mutex<()>; 64],
     reconciled: ReconcileReport,
 }
 
@@ -80,6 +84,7 @@ impl Fleet {
             audit_writes: config.audit_writes,
             activity: crate::stats::Activity::default(),
             counters: crate::stats::Counters::default(),
+            lifecycle: [const { Mutex::new(()) }; 64],
             reconciled: ReconcileReport::default(),
         };
         if config.reconcile_on_open {
@@ -131,6 +136,7 @@ impl Fleet {
     /// Creates a tenant (an operator's explicit create). Refuses an id that is live; brings
     /// back a deleted id as a new, empty tenant.
     pub fn create_tenant(&self, id: &TenantId, actor: &str) -> Result<TenantRecord> {
+        let _lifecycle = self.lock_lifecycle(id);
         if let Some(existing) = self.catalog.tenant(id)?
             && existing.state == TenantState::Active
         {
@@ -147,6 +153,7 @@ impl Fleet {
     /// existed, returns it if it does, and refuses an id that was deleted, so a late or
     /// replayed signup never resurrects a user who left.
     pub fn ensure_tenant(&self, id: &TenantId, actor: &str) -> Result<(TenantRecord, bool)> {
+        let _lifecycle = self.lock_lifecycle(id);
         if let Some(existing) = self.catalog.tenant(id)? {
             return match existing.state {
                 TenantState::Active => Ok((existing, false)),
@@ -331,6 +338,11 @@ impl Fleet {
     /// Deletes a tenant: marks it deleted (a tombstone that stops re-creation), waits for its
     /// in-flight requests, and moves its files to `trash/` (or removes them with `purge`).
     pub fn delete_tenant(&self, id: &TenantId, purge: bool, actor: &str) -> Result<()> {
+        let _lifecycle = self.lock_lifecycle(id);
+        self.delete_locked(id, purge, actor)
+    }
+
+    fn delete_locked(&self, id: &TenantId, purge: bool, actor: &str) -> Result<()> {
         let record = self.require(id)?;
         match record.state {
             TenantState::Active => {}
@@ -360,9 +372,14 @@ impl Fleet {
     /// that a signup event delivered late (or replayed) never brings the user back. Returns
     /// whether a live tenant was deleted.
     pub fn retire_tenant(&self, id: &TenantId, actor: &str) -> Result<bool> {
+        let _lifecycle = self.lock_lifecycle(id);
+        self.retire_locked(id, actor)
+    }
+
+    fn retire_locked(&self, id: &TenantId, actor: &str) -> Result<bool> {
         match self.catalog.tenant(id)? {
             Some(r) if r.state == TenantState::Active => {
-                self.delete_tenant(id, false, actor)?;
+                self.delete_locked(id, false, actor)?;
                 Ok(true)
             }
             Some(_) => Ok(false),
@@ -374,10 +391,21 @@ impl Fleet {
                     Ok(false)
                 } else {
                     // A creation raced us and won: delete what it made.
-                    self.retire_tenant(id, actor)
+                    self.retire_locked(id, actor)
                 }
             }
         }
+    }
+
+    fn lock_lifecycle(&self, id: &TenantId) -> std::sync::MutexGuard<'_, ()> {
+        // FNV-1a: any spread will do, it only picks a stripe.
+        let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let stripe = usize::try_from(hash % self.lifecycle.len() as u64).unwrap_or(0);
+        self.lifecycle[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn purge_one(&self, record: &TenantRecord, actor: &str) -> Result<()> {
@@ -394,6 +422,7 @@ impl Fleet {
 
     /// Brings a deleted tenant back from trash, as it was when deleted.
     pub fn restore_tenant(&self, id: &TenantId, actor: &str) -> Result<TenantRecord> {
+        let _lifecycle = self.lock_lifecycle(id);
         let record = self.require(id)?;
         let name = match (&record.state, &record.trash_file) {
             (TenantState::Deleted, Some(name)) => name.clone(),
@@ -432,6 +461,7 @@ impl Fleet {
             if deleted_at > cutoff {
                 continue;
             }
+            let _lifecycle = self.lock_lifecycle(&id);
             match self.catalog.tenant(&id)? {
                 Some(r)
                     if r.state == TenantState::Deleted

@@ -1318,3 +1318,39 @@ fn guard_allows_ddl_when_configured_but_never_on_reserved_tables() {
     assert!(!has_object(&conn, "notes"));
     assert!(!has_object(&conn, "sneaky"));
 }
+
+#[test]
+fn concurrent_deletes_of_one_tenant_settle_as_one() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = fleet_with_todos(&tmp, config(&tmp));
+    let id = tid("user_twice");
+    fleet.create_tenant(&id, "test").unwrap();
+    insert_todo(&fleet, &id, "kept in trash");
+    let start = std::sync::Barrier::new(8);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    fleet.delete_tenant(&id, false, "test")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let deleted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(deleted, 1, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| matches!(e, Error::TenantNotFound(_))),
+        "{outcomes:?}"
+    );
+    assert_eq!(file_names(&fleet.layout().trash_dir()).len(), 1);
+    fleet.restore_tenant(&id, "test").unwrap();
+    assert_eq!(
+        ints(&exec(&fleet, &id, "SELECT count(*) FROM todos").unwrap()),
+        vec![1]
+    );
+}
