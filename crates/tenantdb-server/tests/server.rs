@@ -943,3 +943,53 @@ fn requests_past_the_time_limit_get_503_and_others_are_served() {
         vec![vec![json!(7)]]
     );
 }
+
+/// Reads on a warm tenant are answered on the thread that received them, under a short budget;
+/// whatever outgrows it (a long read, a write behind a `WITH`) is run again on the blocking pool
+/// and answered exactly as it would have been, exactly once.
+#[test]
+fn reads_that_outgrow_the_quick_path_are_answered_in_full_and_once() {
+    let s = TestServer::start();
+    let t = s.token("quentin");
+    s.exec(&t, "INSERT INTO todos (title) VALUES ('warm')", json!([]));
+    // Far beyond the quick budget: must come back complete, not interrupted.
+    let long = s.exec(
+        &t,
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) \
+         SELECT count(*) FROM c",
+        json!([]),
+    );
+    assert_eq!(rows(&long), vec![vec![json!(2_000_000)]]);
+    // Looks like a read, writes: the row lands once and its audit entry with it.
+    s.exec(
+        &t,
+        "WITH t(title) AS (VALUES ('via with')) INSERT INTO todos (title) SELECT title FROM t",
+        json!([]),
+    );
+    // A read, then a write in one pipeline: both run, once each, in order.
+    let (status, body) = s.pipeline(
+        &t,
+        None,
+        json!([
+            {"type": "execute", "stmt": {"sql": "SELECT count(*) FROM todos"}},
+            {"type": "execute", "stmt": {"sql": "INSERT INTO todos (title) VALUES ('second')"}},
+            {"type": "close"}
+        ]),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        rows(&body["results"][0]["response"]["result"]),
+        vec![vec![json!(2)]]
+    );
+    let titles = s.exec(&t, "SELECT title FROM todos ORDER BY id", json!([]));
+    assert_eq!(
+        rows(&titles),
+        vec![
+            vec![json!("warm")],
+            vec![json!("via with")],
+            vec![json!("second")]
+        ]
+    );
+    let audit = s.exec(&t, "SELECT count(*) FROM _tenantdb_audit", json!([]));
+    assert_eq!(rows(&audit), vec![vec![json!(3)]]);
+}

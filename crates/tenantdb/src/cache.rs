@@ -270,6 +270,31 @@ impl Cache {
         }
     }
 
+    /// A connection to `id` only if one sits idle in the cache: it never opens a database and
+    /// never waits, so an async server may call it on an executor thread.
+    pub fn checkout_idle(self: &Arc<Self>, id: &TenantId) -> Option<Lease> {
+        let slot = {
+            let mut index = lock(&self.index);
+            if index.fenced.contains(id) {
+                return None;
+            }
+            index.touch(id)?
+        };
+        let mut state = lock(&slot.state);
+        if !state.ready || state.closed {
+            return None;
+        }
+        let conn = state.idle.pop()?;
+        state.in_use += 1;
+        drop(state);
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Lease {
+            conn: Some(conn),
+            slot,
+            cache: Arc::clone(self),
+        })
+    }
+
     fn open_first(
         self: &Arc<Self>,
         id: &TenantId,
@@ -372,8 +397,14 @@ impl Cache {
             }
             other => other,
         };
+        // Only an eviction waits for connections to come back, and it closes the slot first.
+        // Notifying a condition variable is a system call even with nobody waiting: skip it on
+        // the path every request takes.
+        let evicting = state.closed;
         drop(state);
-        slot.changed.notify_all();
+        if evicting {
+            slot.changed.notify_all();
+        }
         if let Some(conn) = to_close {
             self.close(conn);
         }

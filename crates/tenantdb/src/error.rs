@@ -38,6 +38,12 @@ pub enum Error {
     #[error("tenant {0} is busy: its connections were not released in time")]
     Busy(String),
 
+    /// A connection confined to quick reads ([`crate::TenantConnection::quick_reads_only`])
+    /// met a write, a transaction or a read that outran its budget. Nothing was changed: the
+    /// caller runs the same work again where blocking is allowed. Never meant for users.
+    #[error("not a quick read: run it again without the quick-read budget")]
+    NotQuick,
+
     #[error("tenant {0}'s database file is missing from the data directory")]
     TenantFileMissing(String),
 

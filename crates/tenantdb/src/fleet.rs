@@ -268,6 +268,13 @@ impl Fleet {
             .checkout(id, |first| self.open_connection(id, first))
     }
 
+    /// A connection to `id` if the cache holds an idle one, without opening or waiting (see
+    /// [`Cache::checkout_idle`]); `None` says "use [`Fleet::connect`]", not that the tenant is
+    /// missing.
+    pub fn connect_idle(&self, id: &TenantId) -> Option<Lease> {
+        self.cache.checkout_idle(id)
+    }
+
     fn open_connection(&self, id: &TenantId, first: bool) -> Result<TenantConnection> {
         let path = self.layout.tenant_db(id);
         let mut conn = match connection::open_tenant(&path, self.sync_every_commit) {

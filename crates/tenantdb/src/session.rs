@@ -74,6 +74,17 @@ pub struct TenantConnection {
     actor: String,
     /// Writes run since [`TenantConnection::take_writes`] last asked (fleet analytics).
     writes: std::cell::Cell<u64>,
+    /// Set by [`TenantConnection::quick_reads_only`].
+    quick: Option<Quick>,
+}
+
+/// The confinement of [`TenantConnection::quick_reads_only`].
+#[derive(Debug, Clone, Copy)]
+struct Quick {
+    budget: std::time::Duration,
+    /// Something did not fit; every later statement is refused too, so the caller can rerun
+    /// the whole unit of work from its start.
+    refused: bool,
 }
 
 impl TenantConnection {
@@ -92,7 +103,35 @@ impl TenantConnection {
             audit,
             actor: "admin:library".to_string(),
             writes: std::cell::Cell::new(0),
+            quick: None,
         }
+    }
+
+    /// Confines the statements that follow to reads in autocommit mode that finish within
+    /// `budget`, or lifts the confinement (`None`). Anything else fails with
+    /// [`Error::NotQuick`] before it changes anything, so work that was tried this way can be
+    /// run again from its start. A server uses it to answer the common small read on the
+    /// thread that received the request, avoiding two thread hand-offs, without ever letting a
+    /// long statement hold that thread.
+    pub fn quick_reads_only(&mut self, budget: Option<std::time::Duration>) {
+        self.quick = budget.map(|budget| Quick {
+            budget,
+            refused: false,
+        });
+    }
+
+    /// Whether a statement was refused since [`TenantConnection::quick_reads_only`] confined
+    /// this connection.
+    pub fn quick_refused(&self) -> bool {
+        self.quick.is_some_and(|q| q.refused)
+    }
+
+    /// Refuses what does not fit the quick-read confinement, remembering that it happened.
+    fn refuse_quick(&mut self) -> Error {
+        if let Some(quick) = &mut self.quick {
+            quick.refused = true;
+        }
+        Error::NotQuick
     }
 
     /// Names who runs the statements that follow, for the write audit: the token's subject
@@ -126,6 +165,9 @@ impl TenantConnection {
         want_rows: bool,
         sink: &mut dyn RowSink,
     ) -> Result<Outcome> {
+        if let Some(quick) = self.quick {
+            return self.run_quick(quick, sql, args, want_rows, sink);
+        }
         let _armed = self.guard.arm(self.limits.statement_timeout);
         let (sql, read_only_begin) = match read_only_begin(sql) {
             true => ("BEGIN DEFERRED", true),
@@ -160,6 +202,49 @@ impl TenantConnection {
         result
     }
 
+    /// [`TenantConnection::run`] under the quick-read confinement: a statement that would
+    /// write or leave a transaction open is refused before it steps (`BEGIN` is read-only to
+    /// SQLite, hence the autocommit check after it), and one that outruns the budget is
+    /// interrupted; a read has no effect, so either way the caller can start over elsewhere.
+    fn run_quick(
+        &mut self,
+        quick: Quick,
+        sql: &str,
+        args: &Args,
+        want_rows: bool,
+        sink: &mut dyn RowSink,
+    ) -> Result<Outcome> {
+        if quick.refused || !self.conn.is_autocommit() || read_only_begin(sql) {
+            return Err(self.refuse_quick());
+        }
+        let armed = self.guard.arm(quick.budget);
+        let result = (|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached(sql)
+                .map_err(|e| self.user_error(e))?;
+            if !stmt.readonly() {
+                return Err(Error::NotQuick);
+            }
+            bind(&mut stmt, args).map_err(|e| self.user_error(e))?;
+            step_all(&self.conn, &mut stmt, want_rows, sink).map_err(|e| self.lift(e))
+        })();
+        drop(armed);
+        let left_open = !self.conn.is_autocommit();
+        if left_open {
+            let internal = crate::audit::internal();
+            let _ = self
+                .conn
+                .prepare_cached(&internal.rollback)
+                .and_then(|mut s| s.execute([]));
+        }
+        match result {
+            Err(Error::NotQuick | Error::StatementTimeout(_)) => Err(self.refuse_quick()),
+            _ if left_open => Err(self.refuse_quick()),
+            other => other,
+        }
+    }
+
     /// Runs one statement and collects its result, within the response size limit.
     pub fn execute(&mut self, sql: &str, args: &Args) -> Result<StatementResult> {
         let mut sink = Collect::new(self.limits.max_response_bytes);
@@ -175,6 +260,9 @@ impl TenantConnection {
     /// Runs every statement in `sql` in order and returns each one's result; stops at the first
     /// failure. What ran before it stays applied unless the script opened a transaction.
     pub fn execute_script(&mut self, sql: &str) -> Result<Vec<StatementResult>> {
+        if self.quick.is_some() {
+            return Err(self.refuse_quick());
+        }
         if read_only_begin(sql) {
             return Ok(vec![self.execute(sql, &Args::default())?]);
         }

@@ -1354,3 +1354,58 @@ fn concurrent_deletes_of_one_tenant_settle_as_one() {
         vec![1]
     );
 }
+
+/// The quick-read confinement a server uses to answer small reads without a thread hand-off:
+/// reads run, everything else is refused before it changes anything, and the refusal sticks
+/// so the caller reruns its whole unit of work elsewhere.
+#[test]
+fn quick_reads_run_and_everything_else_is_refused_untouched() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = fleet_with_todos(&tmp, config(&tmp));
+    let id = tid("quinn");
+    fleet.create_tenant(&id, "test").unwrap();
+    insert_todo(&fleet, &id, "milk");
+    let count = |fleet: &Fleet| ints(&exec(fleet, &id, "SELECT count(*) FROM todos").unwrap());
+
+    let mut conn = fleet.connect(&id).unwrap();
+    conn.quick_reads_only(Some(Duration::from_millis(50)));
+    let read = conn
+        .execute("SELECT title FROM todos", &Args::default())
+        .unwrap();
+    assert_eq!(read.rows, vec![vec![Value::Text("milk".into())]]);
+    assert!(!conn.quick_refused());
+
+    // A write is refused before it steps, and so is everything after it.
+    let write = conn.execute("INSERT INTO todos(title) VALUES ('eggs')", &Args::default());
+    assert!(matches!(write, Err(Error::NotQuick)), "{write:?}");
+    assert!(conn.quick_refused());
+    let after = conn.execute("SELECT 1", &Args::default());
+    assert!(matches!(after, Err(Error::NotQuick)), "{after:?}");
+
+    // `BEGIN` reads as read-only to SQLite; it is rolled back and refused.
+    conn.quick_reads_only(Some(Duration::from_millis(50)));
+    for sql in ["BEGIN", "BEGIN TRANSACTION READONLY", "SAVEPOINT s"] {
+        let begun = conn.execute(sql, &Args::default());
+        assert!(matches!(begun, Err(Error::NotQuick)), "{sql}: {begun:?}");
+        assert!(conn.is_autocommit(), "{sql} left a transaction open");
+        conn.quick_reads_only(Some(Duration::from_millis(50)));
+    }
+
+    // A read that outruns the budget is interrupted and refused, not reported as a timeout.
+    let long = conn.execute(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        &Args::default(),
+    );
+    assert!(matches!(long, Err(Error::NotQuick)), "{long:?}");
+    let script = conn.execute_script("SELECT 1; SELECT 2");
+    assert!(matches!(script, Err(Error::NotQuick)), "{script:?}");
+
+    // Lifted, the same connection runs everything again.
+    conn.quick_reads_only(None);
+    conn.execute("INSERT INTO todos(title) VALUES ('eggs')", &Args::default())
+        .unwrap();
+    drop(conn);
+    assert_eq!(count(&fleet), vec![2]);
+    let audit = fleet.tenant_audit(&id, 0, 100).unwrap();
+    assert_eq!(audit.len(), 2, "one entry per write that ran: {audit:?}");
+}

@@ -92,23 +92,23 @@ impl StreamState {
     pub fn handle(
         &mut self,
         conn: &mut TenantConnection,
-        request: StreamRequest,
+        request: &StreamRequest,
         budget: &mut Budget,
     ) -> (Result<StreamResponse, Error>, Next) {
         let response = match request {
             StreamRequest::Close => return (Ok(StreamResponse::Close), Next::Close),
             StreamRequest::Execute { stmt } => self
-                .execute(conn, &stmt, budget)
+                .execute(conn, stmt, budget)
                 .map(|result| StreamResponse::Execute { result }),
             StreamRequest::Batch { batch } => Ok(StreamResponse::Batch {
-                result: self.batch(conn, &batch, budget),
+                result: self.batch(conn, batch, budget),
             }),
             StreamRequest::Sequence { sql, sql_id } => self
-                .sql(&sql, sql_id)
+                .sql(sql, *sql_id)
                 .and_then(|sql| conn.execute_script(sql).map_err(hrana_error))
                 .map(|_| StreamResponse::Sequence),
             StreamRequest::Describe { sql, sql_id } => self
-                .sql(&sql, sql_id)
+                .sql(sql, *sql_id)
                 .and_then(|sql| conn.describe(sql).map_err(hrana_error))
                 .map(|d| StreamResponse::Describe {
                     result: DescribeResult {
@@ -129,9 +129,9 @@ impl StreamState {
                         is_readonly: d.is_readonly,
                     },
                 }),
-            StreamRequest::StoreSql { sql_id, sql } => self.store(sql_id, sql),
+            StreamRequest::StoreSql { sql_id, sql } => self.store(*sql_id, sql),
             StreamRequest::CloseSql { sql_id } => {
-                self.sqls.remove(&sql_id);
+                self.sqls.remove(sql_id);
                 Ok(StreamResponse::CloseSql)
             }
             StreamRequest::GetAutocommit => Ok(StreamResponse::GetAutocommit {
@@ -141,7 +141,7 @@ impl StreamState {
         (response, Next::Continue)
     }
 
-    fn store(&mut self, sql_id: i32, sql: String) -> Result<StreamResponse, Error> {
+    fn store(&mut self, sql_id: i32, sql: &str) -> Result<StreamResponse, Error> {
         if self.sqls.contains_key(&sql_id) {
             return Err(protocol_error(format!(
                 "SQL text id {sql_id} is already in use"
@@ -153,7 +153,7 @@ impl StreamState {
                  with close_sql"
             )));
         }
-        self.sqls.insert(sql_id, sql);
+        self.sqls.insert(sql_id, sql.to_string());
         Ok(StreamResponse::StoreSql)
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::exec::{Budget, Next};
 use super::proto::{
     Batch, BatchResult, CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody,
-    PipelineRespBody, Stmt, StmtResult, StreamResult,
+    PipelineRespBody, Stmt, StmtResult, StreamRequest, StreamResponse, StreamResult,
 };
 use super::streams::{BatonError, Stream};
 use crate::app::App;
@@ -95,19 +95,66 @@ fn baton_error(e: BatonError) -> ApiError {
 /// The stream a request continues (by baton) or a new one.
 fn stream_for(app: &App, principal: &Principal, baton: Option<&str>) -> Result<Box<Stream>> {
     let tenant = App::tenant_of(principal).map_err(ApiError::hrana)?;
-    let mut stream = match baton {
+    let stream = match baton {
         Some(baton) => app.streams.take(baton, &tenant).map_err(baton_error)?,
         None => {
             let lease = app.connect(principal, &tenant).map_err(ApiError::hrana)?;
             app.streams.open(tenant, lease).map_err(baton_error)?
         }
     };
-    // The write audit names who wrote: the user, or the operator through the admin token.
+    Ok(with_actor(stream, principal))
+}
+
+/// The write audit names who wrote: the user, or the operator through the admin token.
+fn with_actor(mut stream: Box<Stream>, principal: &Principal) -> Box<Stream> {
     stream.lease.set_actor(match principal {
         Principal::User { .. } => principal.actor(),
         Principal::Admin { .. } => "admin:api".to_string(),
     });
-    Ok(stream)
+    stream
+}
+
+/// How long a pipeline may run on the thread that received it (see [`quick_stream`]). A point
+/// read takes a few microseconds; this leaves room for small scans while keeping the async
+/// executor's threads free for everyone else.
+const QUICK_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Whether a statement looks like a read, judged from its first word. Only a hint: the
+/// connection's quick-read confinement has the last word (`WITH … INSERT` reads as a read
+/// here); it keeps writes from trying the quick path first only to be sent elsewhere.
+fn looks_like_read(stmt: &Stmt) -> bool {
+    let Some(sql) = &stmt.sql else { return false };
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next();
+    first.is_some_and(|w| {
+        ["SELECT", "WITH", "VALUES"]
+            .iter()
+            .any(|r| w.eq_ignore_ascii_case(r))
+    })
+}
+
+/// A new stream on an idle cached connection, confined to quick reads, for a pipeline that may
+/// be answered without leaving the async executor: handing each request to the blocking pool
+/// and back costs two thread wake-ups, several times what a point read itself costs. `None`
+/// when the pipeline continues a stream, keeps state (stored SQL), writes, or no connection
+/// is idle.
+fn quick_stream(app: &App, principal: &Principal, req: &PipelineReqBody) -> Option<Box<Stream>> {
+    let reads_only = req.requests.iter().all(|r| match r {
+        StreamRequest::Execute { stmt } => looks_like_read(stmt),
+        StreamRequest::Batch { batch } => batch.steps.iter().all(|s| looks_like_read(&s.stmt)),
+        StreamRequest::GetAutocommit | StreamRequest::Close => true,
+        _ => false,
+    });
+    if req.baton.is_some() || !reads_only {
+        return None;
+    }
+    let tenant = App::tenant_of(principal).ok()?;
+    let lease = app.fleet.connect_idle(&tenant)?;
+    let mut stream = app.streams.open(tenant, lease).ok()?;
+    stream.lease.quick_reads_only(Some(QUICK_BUDGET));
+    Some(with_actor(stream, principal))
 }
 
 pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -116,8 +163,28 @@ pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         let (principal, req): (Principal, PipelineReqBody) =
             authenticated(&app, &headers, body).await?;
         tenant = principal.tenant().map(|t| TenantTag(t.to_string()));
+        if let Some(mut stream) = quick_stream(&app, &principal, &req) {
+            let results = run_requests(&mut stream, &req.requests);
+            let refused = stream.lease.quick_refused();
+            stream.lease.quick_reads_only(None);
+            if !refused {
+                return Ok(finish(&app, stream, results));
+            }
+            // Not a quick read after all; nothing was changed, so run it all again properly.
+            let worker = Arc::clone(&app);
+            return blocking(&app, move || {
+                let results = run_requests(&mut stream, &req.requests);
+                Ok(finish(&worker, stream, results))
+            })
+            .await;
+        }
         let worker = Arc::clone(&app);
-        blocking(&app, move || run_pipeline(&worker, &principal, req)).await
+        blocking(&app, move || {
+            let mut stream = stream_for(&worker, &principal, req.baton.as_deref())?;
+            let results = run_requests(&mut stream, &req.requests);
+            Ok(finish(&worker, stream, results))
+        })
+        .await
     };
     let mut response = match run.await {
         Ok(resp) => json_response(&resp),
@@ -129,16 +196,12 @@ pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     response
 }
 
-fn run_pipeline(
-    app: &App,
-    principal: &Principal,
-    req: PipelineReqBody,
-) -> Result<PipelineRespBody> {
-    let mut stream = stream_for(app, principal, req.baton.as_deref())?;
+/// Runs a pipeline's requests in order on its stream; after a `close`, the rest fail.
+fn run_requests(stream: &mut Stream, requests: &[StreamRequest]) -> Vec<StreamResult> {
     let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
-    let mut results = Vec::with_capacity(req.requests.len());
+    let mut results = Vec::with_capacity(requests.len());
     let mut closed = false;
-    for request in req.requests {
+    for request in requests {
         if closed {
             results.push(StreamResult::Error {
                 error: super::proto::Error {
@@ -148,7 +211,7 @@ fn run_pipeline(
             });
             continue;
         }
-        let Stream { lease, state, .. } = &mut *stream;
+        let Stream { lease, state, .. } = stream;
         let (outcome, next) = state.handle(lease, request, &mut budget);
         closed = matches!(next, Next::Close);
         results.push(match outcome {
@@ -156,19 +219,32 @@ fn run_pipeline(
             Err(error) => StreamResult::Error { error },
         });
     }
+    results
+}
+
+/// Records the stream's activity and parks it for its next request (or forgets it if closed).
+fn finish(app: &App, stream: Box<Stream>, results: Vec<StreamResult>) -> PipelineRespBody {
     app.fleet
         .record_activity(&stream.tenant, stream.lease.take_writes());
+    let closed = results.iter().any(|r| {
+        matches!(
+            r,
+            StreamResult::Ok {
+                response: StreamResponse::Close
+            }
+        )
+    });
     let baton = if closed {
         app.streams.forget(&stream);
         None
     } else {
         Some(app.streams.put_back(stream))
     };
-    Ok(PipelineRespBody {
+    PipelineRespBody {
         baton,
         base_url: None,
         results,
-    })
+    }
 }
 
 /// `/v3/cursor`: the batch's results stream back as lines of JSON while it runs, so a large
