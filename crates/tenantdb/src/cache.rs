@@ -125,7 +125,7 @@ impl Index {
 }
 
 enum CloserJob {
-    Close(TenantConnection),
+    Close(Box<TenantConnection>),
     /// Answered once every connection queued before it is closed.
     Flush(Sender<()>),
 }
@@ -376,7 +376,7 @@ impl Cache {
     fn close(&self, conn: TenantConnection) {
         // Without a closer thread (it failed to start, or shutdown began) close right here.
         if let Some(tx) = &*lock(&self.closer)
-            && let Err(mpsc::SendError(job)) = tx.send(CloserJob::Close(conn))
+            && let Err(mpsc::SendError(job)) = tx.send(CloserJob::Close(Box::new(conn)))
         {
             drop(job);
         }

@@ -76,7 +76,14 @@ pub struct TenantConnection {
     writes: std::cell::Cell<u64>,
     /// Set by [`TenantConnection::quick_reads_only`].
     quick: Option<Quick>,
+    /// Until when this connection declines the quick-read confinement, after a read outran it.
+    slow_until: Option<std::time::Instant>,
 }
+
+/// How long a connection whose read outran the quick-read budget declines the confinement: a
+/// tenant that runs heavy reads goes straight to where blocking is allowed instead of burning
+/// the budget on every request first.
+const QUICK_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The confinement of [`TenantConnection::quick_reads_only`].
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +111,7 @@ impl TenantConnection {
             actor: "admin:library".to_string(),
             writes: std::cell::Cell::new(0),
             quick: None,
+            slow_until: None,
         }
     }
 
@@ -113,11 +121,22 @@ impl TenantConnection {
     /// run again from its start. A server uses it to answer the common small read on the
     /// thread that received the request, avoiding two thread hand-offs, without ever letting a
     /// long statement hold that thread.
-    pub fn quick_reads_only(&mut self, budget: Option<std::time::Duration>) {
-        self.quick = budget.map(|budget| Quick {
-            budget,
-            refused: false,
-        });
+    ///
+    /// Returns whether the confinement holds: a connection declines it for a while after one
+    /// of its reads outran the budget, and the caller should then run its work elsewhere
+    /// straight away.
+    pub fn quick_reads_only(&mut self, budget: Option<std::time::Duration>) -> bool {
+        let cooling = self
+            .slow_until
+            .is_some_and(|until| std::time::Instant::now() < until);
+        self.quick = match budget {
+            Some(budget) if !cooling => Some(Quick {
+                budget,
+                refused: false,
+            }),
+            _ => None,
+        };
+        self.quick.is_some()
     }
 
     /// Whether a statement was refused since [`TenantConnection::quick_reads_only`] confined
@@ -239,7 +258,11 @@ impl TenantConnection {
                 .and_then(|mut s| s.execute([]));
         }
         match result {
-            Err(Error::NotQuick | Error::StatementTimeout(_)) => Err(self.refuse_quick()),
+            Err(Error::StatementTimeout(_)) => {
+                self.slow_until = Some(std::time::Instant::now() + QUICK_COOLDOWN);
+                Err(self.refuse_quick())
+            }
+            Err(Error::NotQuick) => Err(self.refuse_quick()),
             _ if left_open => Err(self.refuse_quick()),
             other => other,
         }

@@ -152,8 +152,7 @@ fn quick_stream(app: &App, principal: &Principal, req: &PipelineReqBody) -> Opti
     }
     let tenant = App::tenant_of(principal).ok()?;
     let lease = app.fleet.connect_idle(&tenant)?;
-    let mut stream = app.streams.open(tenant, lease).ok()?;
-    stream.lease.quick_reads_only(Some(QUICK_BUDGET));
+    let stream = app.streams.open(tenant, lease).ok()?;
     Some(with_actor(stream, principal))
 }
 
@@ -164,13 +163,16 @@ pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             authenticated(&app, &headers, body).await?;
         tenant = principal.tenant().map(|t| TenantTag(t.to_string()));
         if let Some(mut stream) = quick_stream(&app, &principal, &req) {
-            let results = run_requests(&mut stream, &req.requests);
-            let refused = stream.lease.quick_refused();
-            stream.lease.quick_reads_only(None);
-            if !refused {
-                return Ok(finish(&app, stream, results));
+            if stream.lease.quick_reads_only(Some(QUICK_BUDGET)) {
+                let results = run_requests(&mut stream, &req.requests);
+                let refused = stream.lease.quick_refused();
+                stream.lease.quick_reads_only(None);
+                if !refused {
+                    return Ok(finish(&app, stream, results));
+                }
             }
-            // Not a quick read after all; nothing was changed, so run it all again properly.
+            // Not a quick read after all (nothing was changed), or this tenant's reads have
+            // lately been slow: run it all where blocking is allowed.
             let worker = Arc::clone(&app);
             return blocking(&app, move || {
                 let results = run_requests(&mut stream, &req.requests);
