@@ -9,6 +9,9 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common;
+use common::markdown;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
 /// A `tenantdb` command that sees no `TENANTDB_*` setting from the environment it runs in.
@@ -244,31 +247,13 @@ fn shell_words(line: &str) -> Vec<String> {
 /// The guide's files (`<!-- file: path -->` before a fenced block) and the lines of its `sh`
 /// blocks, in order.
 fn guide() -> (Vec<(String, String)>, Vec<String>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/moving-in.md");
-    let markdown = std::fs::read_to_string(path).expect("docs/moving-in.md exists");
     let mut files = Vec::new();
     let mut commands = Vec::new();
-    let mut pending_file: Option<String> = None;
-    let mut block: Option<(String, Vec<String>)> = None;
-    for line in markdown.lines() {
-        if let Some((lang, lines)) = &mut block {
-            if line.starts_with("```") {
-                let body = lines.join("\n") + "\n";
-                if let Some(file) = pending_file.take() {
-                    files.push((file, body));
-                } else if lang == "sh" {
-                    commands.extend(lines.iter().cloned());
-                }
-                block = None;
-            } else {
-                lines.push(line.to_string());
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("<!-- file:") {
-            pending_file = Some(rest.trim_end_matches("-->").trim().to_string());
-        } else if let Some(lang) = line.strip_prefix("```") {
-            block = Some((lang.trim().to_string(), Vec::new()));
+    for block in markdown::blocks(&markdown::read_doc("docs/moving-in.md")) {
+        if let Some(file) = block.file {
+            files.push((file, block.body));
+        } else if block.lang == "sh" {
+            commands.extend(block.body.lines().map(str::to_string));
         }
     }
     (files, commands)

@@ -6,7 +6,9 @@
 //! where it is; the catalog's copy of the version is bookkeeping for status and reports.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
@@ -156,7 +158,53 @@ pub struct TenantFailure {
 /// migration. Returns the version reached and, if a migration failed, why (the failed migration
 /// left nothing behind). With `dry_run`, all pending migrations run in one transaction that is
 /// rolled back, so the database is untouched.
+///
+/// Migrations run without the guard, so triggers they set off run without it too; a trigger is
+/// the tenant's own doing when users may change their schema (`allow_ddl`). While migrations
+/// run, triggers may not write tenantdb's tables (`_tenantdb_*`): a trigger that would (to erase
+/// the write audit, say) fails that tenant's migration, which is recorded and shown, instead of
+/// doing so. The connection is left without an authorizer.
 pub fn apply(
+    conn: &mut Connection,
+    migrations: &[Migration],
+    dry_run: bool,
+) -> Result<(u32, Option<TenantFailure>)> {
+    let denied: Arc<Mutex<Option<String>>> = Arc::default();
+    let record = Arc::clone(&denied);
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let table = match ctx.action {
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => table_name,
+            _ => return Authorization::Allow,
+        };
+        match ctx.accessor {
+            Some(trigger) if crate::guard::is_reserved(table) && !table.starts_with("sqlite_") => {
+                if let Ok(mut denied) = record.lock() {
+                    denied.get_or_insert_with(|| {
+                        format!(
+                            "trigger {trigger} may not write {table}, which only tenantdb writes"
+                        )
+                    });
+                }
+                Authorization::Deny
+            }
+            _ => Authorization::Allow,
+        }
+    }))
+    .context("protecting tenantdb's tables during migrations")?;
+    let mut outcome = apply_unguarded(conn, migrations, dry_run);
+    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
+        .context("ending migrations")?;
+    if let Ok((_, Some(failure))) = &mut outcome
+        && let Some(reason) = denied.lock().ok().and_then(|mut d| d.take())
+    {
+        failure.error = format!("{}: {reason}", failure.error);
+    }
+    outcome
+}
+
+fn apply_unguarded(
     conn: &mut Connection,
     migrations: &[Migration],
     dry_run: bool,
@@ -219,4 +267,66 @@ fn run_one(conn: &Connection, m: &Migration) -> Result<()> {
 pub fn user_version(conn: &Connection) -> Result<u32> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
         .context("reading user_version")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn migration(version: u32, name: &str, sql: &str) -> Migration {
+        Migration {
+            version,
+            name: name.to_string(),
+            sha256: checksum(sql),
+            sql: sql.to_string(),
+            registered_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_tenants_trigger_cannot_write_tenantdb_tables_during_a_migration() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let first = migration(
+            1,
+            "0001_todos.sql",
+            "CREATE TABLE todos (id INTEGER PRIMARY KEY, done INTEGER);",
+        );
+        assert_eq!(
+            apply(&mut conn, std::slice::from_ref(&first), false)
+                .unwrap()
+                .0,
+            1
+        );
+        conn.execute_batch(
+            "INSERT INTO todos (done) VALUES (0);
+             INSERT INTO _tenantdb_audit VALUES (1, 0, 'user:a', 'INSERT', NULL, 1, '0', 'h');
+             CREATE TRIGGER wipe AFTER UPDATE ON todos BEGIN DELETE FROM _tenantdb_audit; END;",
+        )
+        .unwrap();
+        let touch = migration(2, "0002_touch.sql", "UPDATE todos SET done = 1;");
+        let (reached, failure) = apply(&mut conn, &[first.clone(), touch.clone()], false).unwrap();
+        assert_eq!(reached, 1);
+        let failure = failure.expect("the trigger's write is refused");
+        assert_eq!(failure.version, 2);
+        assert!(
+            failure
+                .error
+                .contains("trigger wipe may not write _tenantdb_audit"),
+            "{}",
+            failure.error
+        );
+        let count = |conn: &Connection, sql: &str| -> i64 {
+            conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(count(&conn, "SELECT count(*) FROM _tenantdb_audit"), 1);
+        assert_eq!(count(&conn, "SELECT done FROM todos"), 0);
+
+        // The migration's own statements still write tenantdb's tables, and other triggers run.
+        conn.execute_batch("DROP TRIGGER wipe; CREATE TABLE log (n); CREATE TRIGGER note AFTER UPDATE ON todos BEGIN INSERT INTO log VALUES (1); END;")
+            .unwrap();
+        let (reached, failure) = apply(&mut conn, &[first, touch], false).unwrap();
+        assert_eq!((reached, failure.map(|f| f.error)), (2, None));
+        assert_eq!(count(&conn, "SELECT count(*) FROM log"), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM _tenantdb_migrations"), 2);
+    }
 }

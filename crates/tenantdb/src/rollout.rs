@@ -85,30 +85,7 @@ impl Fleet {
         actor: &str,
     ) -> Result<MigrateReport> {
         let started = Instant::now();
-        let ledger = self.catalog().ledger()?;
-        let on_disk = migrate::load_dir_against(dir, &ledger)?;
-        let known = ledger.last().map_or(0, |m| m.version);
-        let registered: Vec<u32> = on_disk
-            .iter()
-            .filter(|m| m.version > known)
-            .map(|m| m.version)
-            .collect();
-        if options.dry_run {
-            template::check(self.layout(), &on_disk)?;
-        } else {
-            template::rebuild(self.layout(), &on_disk)?;
-            let now = unix_now();
-            let new: Vec<Migration> = on_disk
-                .iter()
-                .filter(|m| m.version > known)
-                .map(|m| Migration {
-                    registered_at: now,
-                    ..m.clone()
-                })
-                .collect();
-            self.catalog().register(&new)?;
-            self.set_ledger(self.catalog().ledger()?);
-        }
+        let (on_disk, registered) = self.load_and_register(dir, options.dry_run)?;
         let tenants: Vec<TenantId> = self
             .catalog()
             .all_tenants()?
@@ -137,6 +114,50 @@ impl Fleet {
                 .audit(actor, "migrations.apply", None, Some(&detail))?;
         }
         Ok(report)
+    }
+
+    /// Registers the migrations in `dir` that the ledger lacks and rebuilds the template at the
+    /// last of them, without touching any tenant; returns the versions it registered. From then
+    /// on, new tenants start at the latest version and tenants this process opens are migrated
+    /// before they serve. Refuses, changing nothing, a directory whose applied migrations were
+    /// edited or removed and a migration that does not run on an empty database.
+    ///
+    /// [`Fleet::migrate`] starts with this; a server that rolls migrations out in the
+    /// background calls it first, before it answers requests, so that no request meets the
+    /// schema of before.
+    pub fn register_migrations(&self, dir: &Path) -> Result<Vec<u32>> {
+        self.load_and_register(dir, false)
+            .map(|(_, registered)| registered)
+    }
+
+    /// Loads `dir` against the ledger and, unless `dry_run` (which only proves the migrations
+    /// run on an empty database), rebuilds the template and registers the new migrations.
+    fn load_and_register(&self, dir: &Path, dry_run: bool) -> Result<(Vec<Migration>, Vec<u32>)> {
+        let ledger = self.catalog().ledger()?;
+        let on_disk = migrate::load_dir_against(dir, &ledger)?;
+        let known = ledger.last().map_or(0, |m| m.version);
+        let registered: Vec<u32> = on_disk
+            .iter()
+            .filter(|m| m.version > known)
+            .map(|m| m.version)
+            .collect();
+        if dry_run {
+            template::check(self.layout(), &on_disk)?;
+        } else {
+            template::rebuild(self.layout(), &on_disk)?;
+            let now = unix_now();
+            let new: Vec<Migration> = on_disk
+                .iter()
+                .filter(|m| m.version > known)
+                .map(|m| Migration {
+                    registered_at: now,
+                    ..m.clone()
+                })
+                .collect();
+            self.catalog().register(&new)?;
+            self.set_ledger(self.catalog().ledger()?);
+        }
+        Ok((on_disk, registered))
     }
 
     fn apply_everywhere(

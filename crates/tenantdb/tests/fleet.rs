@@ -826,6 +826,52 @@ fn invalid_and_drifted_migrations_touch_no_tenant() {
     }
 }
 
+/// What a server does before it answers anyone: the new migrations are registered and the
+/// template rebuilt, no tenant is touched, and from then on every tenant (new or opened) is at
+/// the latest version.
+#[test]
+fn registering_migrations_touches_no_tenant_and_serves_the_new_schema_at_once() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = fleet_with_todos(&tmp, config(&tmp));
+    let existing = tid("user_existing");
+    fleet.create_tenant(&existing, "test").unwrap();
+    insert_todo(&fleet, &existing, "a row");
+    fleet.shutdown();
+    let dir = migrations(
+        &tmp,
+        &[
+            ("0001_todos.sql", TODOS),
+            ("0002_unique_title.sql", UNIQUE_TITLE),
+        ],
+    );
+
+    assert_eq!(fleet.register_migrations(&dir).unwrap(), vec![2]);
+    assert_eq!(fleet.latest_version(), 2);
+    assert_eq!(user_version(&raw(&fleet, &existing)), 1);
+    assert_eq!(
+        fleet
+            .catalog()
+            .tenant(&existing)
+            .unwrap()
+            .unwrap()
+            .schema_version,
+        1
+    );
+    // A tenant created now starts at 2; the existing one is migrated when opened.
+    let new = tid("user_new");
+    fleet.create_tenant(&new, "test").unwrap();
+    assert_eq!(user_version(&raw(&fleet, &new)), 2);
+    insert_todo(&fleet, &existing, "another row");
+    assert_eq!(user_version(&raw(&fleet, &existing)), 2);
+    // Registering again adds nothing; an edited migration is refused.
+    assert_eq!(fleet.register_migrations(&dir).unwrap(), Vec::<u32>::new());
+    std::fs::write(dir.join("0002_unique_title.sql"), "SELECT 1;").unwrap();
+    assert!(matches!(
+        fleet.register_migrations(&dir),
+        Err(Error::MigrationDrift { version: 2, .. })
+    ));
+}
+
 #[test]
 fn a_tenant_behind_the_latest_version_is_migrated_when_opened() {
     let tmp = TempDir::new().unwrap();

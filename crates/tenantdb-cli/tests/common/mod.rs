@@ -1,6 +1,9 @@
-//! Plumbing shared by the integration tests that run a real `tenantdb serve`.
+//! Plumbing shared by the CLI's integration tests: a real `tenantdb serve` ([`ServeProcess`])
+//! and the code blocks of the guides they run ([`markdown`]).
 
 #![allow(dead_code)]
+
+pub mod markdown;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
