@@ -36,6 +36,9 @@ pub fn hrana_error(e: tenantdb::Error) -> Error {
         E::StatementTimeout(_) => (e.to_string(), "SQLITE_INTERRUPT".to_string()),
         E::ResponseTooLarge(_) => (e.to_string(), "RESPONSE_TOO_LARGE".to_string()),
         E::Busy(_) => (e.to_string(), "SQLITE_BUSY".to_string()),
+        // Only ever seen by the server's quick path, which discards the results and runs the
+        // work again; not worth a log line.
+        E::NotQuick => (e.to_string(), "NOT_QUICK".to_string()),
         other => {
             tracing::error!(error = %other, "internal error while running a statement");
             ("internal error".to_string(), "INTERNAL".to_string())
