@@ -29,7 +29,7 @@ const COLD_TENANTS: usize = 3000;
 /// Tenants the warm clients of the cold phase read from.
 const HOT_TENANTS: usize = 100;
 /// Alternating rounds of the audit on/off write comparison (each side runs this many times).
-const AUDIT_ROUNDS: usize = 3;
+const AUDIT_ROUNDS: usize = 5;
 const SECRET: &str = "benchmark-secret-benchmark-secret-32+";
 
 fn read_body(id: i64) -> Vec<u8> {
@@ -222,6 +222,9 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
     let mut audit_rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..AUDIT_ROUNDS {
         for audited in [round % 2 == 0, round % 2 != 0] {
+            // Write back what earlier phases left dirty in the page cache, so the kernel's
+            // writeback of one round does not throttle the next.
+            let _ = std::process::Command::new("sync").status();
             let mut config = tenantdb::Config::new(workdir.fleet_dir());
             config.cache_capacity = tenants.max(1000);
             config.audit_writes = audited;
