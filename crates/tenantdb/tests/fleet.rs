@@ -1414,7 +1414,7 @@ fn quick_reads_run_and_everything_else_is_refused_untouched() {
     let count = |fleet: &Fleet| ints(&exec(fleet, &id, "SELECT count(*) FROM todos").unwrap());
 
     let mut conn = fleet.connect(&id).unwrap();
-    conn.quick_reads_only(Some(Duration::from_millis(50)));
+    assert!(conn.quick_reads_only(Some(Duration::from_millis(50))));
     let read = conn
         .execute("SELECT title FROM todos", &Args::default())
         .unwrap();
@@ -1437,15 +1437,20 @@ fn quick_reads_run_and_everything_else_is_refused_untouched() {
         conn.quick_reads_only(Some(Duration::from_millis(50)));
     }
 
-    // A read that outruns the budget is interrupted and refused, not reported as a timeout.
+    // A script is refused whole.
+    let script = conn.execute_script("SELECT 1; SELECT 2");
+    assert!(matches!(script, Err(Error::NotQuick)), "{script:?}");
+
+    // A read that outruns the budget is interrupted and refused, not reported as a timeout,
+    // and the connection then declines the confinement for a while.
+    assert!(conn.quick_reads_only(Some(Duration::from_millis(50))));
     let long = conn.execute(
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
         &Args::default(),
     );
     assert!(matches!(long, Err(Error::NotQuick)), "{long:?}");
-    let script = conn.execute_script("SELECT 1; SELECT 2");
-    assert!(matches!(script, Err(Error::NotQuick)), "{script:?}");
-
+    assert!(!conn.quick_reads_only(Some(Duration::from_millis(50))));
+    assert!(!conn.quick_refused());
     // Lifted, the same connection runs everything again.
     conn.quick_reads_only(None);
     conn.execute("INSERT INTO todos(title) VALUES ('eggs')", &Args::default())
