@@ -436,6 +436,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// Makes a deleted or purged id a live tenant again with a new, empty database (an admin
+    /// creating it anew, not a restore): it starts its life over, so nothing of the old
+    /// tenant's history (creation time, activity, a migration failure) carries over.
+    pub fn mark_recreated(&self, id: &TenantId, version: u32) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE tenants SET state = 'active', deleted_at = NULL, trash_file = NULL, \
+                 schema_version = ?2, created_at = ?3, last_active_at = NULL, requests = 0, \
+                 writes = 0, migration_error = NULL, migration_error_version = NULL, \
+                 migration_error_at = NULL WHERE id = ?1",
+                params![id.as_str(), version, unix_now()],
+            )
+            .context("re-creating a tenant")?;
+        Ok(())
+    }
+
     /// Writes many tenants' migration outcomes in one transaction: a fleet run of 10,000
     /// tenants costs a handful of catalog commits, not 10,000.
     pub fn apply_version_updates(&self, updates: &[VersionUpdate]) -> Result<()> {

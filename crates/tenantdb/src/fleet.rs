@@ -206,7 +206,7 @@ impl Fleet {
             && let Some(existing) = self.catalog.tenant(id)?
             && existing.state != TenantState::Active
         {
-            self.catalog.mark_restored(id, version)?;
+            self.catalog.mark_recreated(id, version)?;
             self.catalog.audit(actor, "tenant.create", Some(id), None)?;
             self.counters
                 .tenants_provisioned

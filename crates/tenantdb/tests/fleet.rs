@@ -343,6 +343,8 @@ fn delete_moves_to_trash_leaves_a_tombstone_and_restore_brings_rows_back() {
     for title in ["a", "b", "c"] {
         insert_todo(&fleet, &id, title);
     }
+    fleet.record_activity(&id, 3);
+    fleet.flush_activity().unwrap();
     let rows_before = snapshot(&fleet.layout().tenant_db(&id)).todos;
     assert_eq!(rows_before.as_ref().map(Vec::len), Some(3));
 
@@ -387,6 +389,19 @@ fn delete_moves_to_trash_leaves_a_tombstone_and_restore_brings_rows_back() {
         fleet.restore_tenant(&id, "test"),
         Err(Error::NothingToRestore(_))
     ));
+
+    // An operator may create the id anew: an empty tenant with none of the old one's history.
+    let before = fleet.catalog().tenant(&id).unwrap().unwrap();
+    assert!(before.last_active_at.is_some(), "{before:?}");
+    let recreated = fleet.create_tenant(&id, "test").unwrap();
+    assert_eq!(recreated.state, TenantState::Active);
+    assert_eq!(recreated.last_active_at, None);
+    assert_eq!(recreated.deleted_at, None);
+    assert!(recreated.created_at >= before.deleted_at.unwrap());
+    assert_eq!(
+        ints(&exec(&fleet, &id, "SELECT count(*) FROM todos").unwrap()),
+        vec![0]
+    );
 }
 
 #[test]
