@@ -231,4 +231,19 @@ pub struct ServeArgs {
     /// How long deleted tenants stay restorable before they are purged: 90s, 30m, 12h, 7d.
     #[arg(long, env = "TENANTDB_TRASH_RETENTION", default_value = "7d")]
     pub trash_retention: String,
+    /// Origin of a web page allowed to call the data plane from a browser (CORS), as
+    /// scheme://host[:port]; repeat it or separate several with commas. `*` is refused: list
+    /// your app's own origins.
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "TENANTDB_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<tenantdb_server::cors::CorsOrigin>,
+    /// Serve `POST /dev/token`, which mints a token for any user who asks, so a demo page can
+    /// sign people in without an identity provider. Development only: refused when a JWT
+    /// secret, public key, JWKS or admin token is configured.
+    #[arg(long)]
+    pub dev_login: bool,
 }

@@ -13,6 +13,28 @@ use tenantdb_server::secrets::DevSecrets;
 
 use crate::args::{AuthArgs, ServeArgs};
 
+/// The authentication settings given (by flag or environment), by their flag names.
+fn configured_auth(args: &AuthArgs) -> Vec<&'static str> {
+    [
+        (
+            "--jwt-secret/TENANTDB_JWT_SECRET",
+            args.jwt_secret.is_some(),
+        ),
+        (
+            "--jwt-public-key/TENANTDB_JWT_PUBLIC_KEY",
+            args.jwt_public_key.is_some(),
+        ),
+        ("--jwks/TENANTDB_JWKS", args.jwks.is_some()),
+        (
+            "--admin-token/TENANTDB_ADMIN_TOKEN",
+            args.admin_token.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
+}
+
 /// Builds the auth configuration; with no secret, key or admin token configured at all, uses
 /// (creating on first use) the data directory's dev secrets.
 fn auth_config(args: &AuthArgs, data_dir: &Path) -> Result<(AuthConfig, Option<DevSecrets>)> {
@@ -27,11 +49,7 @@ fn auth_config(args: &AuthArgs, data_dir: &Path) -> Result<(AuthConfig, Option<D
         admin_token: args.admin_token.clone(),
         ..AuthConfig::default()
     };
-    let nothing_configured = config.jwt_secret.is_none()
-        && config.jwt_public_key_pem.is_none()
-        && config.jwks_json.is_none()
-        && config.admin_token.is_none();
-    if !nothing_configured {
+    if !configured_auth(args).is_empty() {
         return Ok((config, None));
     }
     let dev = tenantdb_server::secrets::load_or_create(data_dir)
@@ -88,6 +106,16 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 }
 
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
+    // Dev sign-in hands a token for any user to anyone who asks. Tied to the generated
+    // development secret, it can never mint tokens that a real deployment would accept.
+    let configured = configured_auth(&args.auth);
+    if args.dev_login && !configured.is_empty() {
+        bail!(
+            "--dev-login works only with the generated development secrets, and authentication \
+             is configured ({}); unset it to try the demo, or drop --dev-login",
+            configured.join(", ")
+        );
+    }
     let (auth, dev) = auth_config(&args.auth, data_dir)?;
     let trash_retention = parse_duration(&args.trash_retention)?;
     let mut webhook_secrets: Vec<String> = args
@@ -129,6 +157,8 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         webhook_secrets,
         trash_retention,
         migrations_dir: args.migrations.clone(),
+        cors_origins: args.cors_origins.clone(),
+        dev_login: args.dev_login,
         ..ServerConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -149,6 +179,18 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
                 dev.admin_token,
                 dev.webhook_secret
             );
+        }
+        if !server.cors_origins.is_empty() {
+            let origins: Vec<String> = server.cors_origins.iter().map(|o| o.to_string()).collect();
+            eprintln!("CORS: browser pages from {} may call the data plane", origins.join(", "));
+        }
+        if server.dev_login {
+            eprintln!(
+                "dev sign-in on: POST http://{addr}/dev/token {{\"user\":\"alice\"}} mints a token for any user (development only)"
+            );
+            if !addr.ip().is_loopback() {
+                eprintln!("warning: dev sign-in is reachable from other machines on {addr}");
+            }
         }
         tenantdb_server::serve(fleet, server, listener, shutdown_signal()).await?;
         eprintln!("tenantdb stopped");

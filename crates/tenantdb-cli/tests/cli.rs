@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
 fn tdb(data: &Path, args: &[&str]) -> Output {
@@ -709,4 +711,70 @@ fn demo_walks_through_the_system_and_refuses_a_used_directory() {
     assert!(err.contains("already holds tenants"), "{err}");
     let text = ok(tdb(&dir, &["demo", "--users", "5", "--use-existing"]));
     assert!(text.contains("fleet: 10 tenants"), "{text}");
+}
+
+/// `serve --dev-login` hands a token for any user to anyone who asks, so it runs only on the
+/// generated development secrets; a malformed or wildcard CORS origin stops `serve` too. Both
+/// are refused before the data directory is touched.
+#[test]
+fn serve_refuses_dev_login_with_configured_auth_and_bad_cors_origins() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let jwks = jwks.to_str().unwrap();
+    // Runs `serve` with `args` and `envs`, which must fail saying `hint` and leave no trace.
+    let refused = |args: &[&str], envs: &[(&str, &str)], hint: &str| {
+        let mut cmd = Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TENANTDB_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.envs(envs.iter().copied())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        // A server that wrongly starts is killed at the limit and fails the test.
+        let err = fails(
+            common::output_within(&mut cmd, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert!(err.contains(hint), "{args:?} {envs:?}: {err}");
+        if args.contains(&"--dev-login") {
+            assert!(
+                err.contains("--dev-login works only with the generated"),
+                "{err}"
+            );
+        }
+        assert!(
+            !data.exists(),
+            "{args:?} {envs:?} touched the data directory"
+        );
+    };
+    let secret = "a-real-secret-shared-with-the-app-0123456789";
+    let key_file = &[("TENANTDB_JWT_PUBLIC_KEY", jwks)];
+    refused(
+        &["--dev-login"],
+        &[("TENANTDB_JWT_SECRET", secret)],
+        "TENANTDB_JWT_SECRET",
+    );
+    refused(
+        &["--dev-login", "--jwt-secret", secret],
+        &[],
+        "--jwt-secret",
+    );
+    refused(&["--dev-login", "--jwks", jwks], &[], "--jwks");
+    refused(&["--dev-login"], key_file, "--jwt-public-key");
+    refused(
+        &["--dev-login", "--admin-token", "admin"],
+        &[],
+        "--admin-token",
+    );
+    refused(&["--cors-origin", "*"], &[], "`*` is not accepted");
+    let one_bad = "http://127.0.0.1:5173,ftp://x";
+    refused(&["--cors-origin", one_bad], &[], "http or https");
+    let with_path = &[("TENANTDB_CORS_ORIGINS", "https://app.example.com/")];
+    refused(&[], with_path, "no path");
 }

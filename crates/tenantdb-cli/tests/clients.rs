@@ -6,16 +6,15 @@
 //! The npm package is pinned in `tests/clients/js/package-lock.json` and installed by the
 //! README's test command (`scripts/test` runs `npm ci --prefix tests/clients/js`).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use libsql::{Connection, Value, named_params, params};
 use tempfile::TempDir;
 
 mod common;
-use common::ServeProcess;
+use common::{ServeProcess, output_within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
@@ -125,51 +124,6 @@ fn workspace_root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .expect("the workspace root exists")
-}
-
-/// Runs a command to completion within `limit`, capturing its output; kills it past the limit.
-fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{cmd:?} did not start: {e}"))?;
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    match status {
-        Some(status) => Ok(Output {
-            status,
-            stdout,
-            stderr,
-        }),
-        None => Err(format!(
-            "{cmd:?} did not finish within {limit:?}; its output so far:\n{}\n{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        )),
-    }
 }
 
 /// The `@libsql/client` suite (`tests/clients/js/`) under Node's own test runner.

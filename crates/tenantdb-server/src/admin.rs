@@ -269,7 +269,7 @@ async fn read_body(app: &App, body: Body) -> Result<Bytes> {
 
 /// Reads a JSON body (after authentication, within the body limit). An empty body is `empty`
 /// when the route has defaults, else refused; `example` shows the expected shape.
-async fn json_body<T: DeserializeOwned>(
+pub(crate) async fn json_body<T: DeserializeOwned>(
     app: &App,
     body: Body,
     empty: Option<T>,

@@ -22,6 +22,10 @@ pub struct App {
 
 impl App {
     pub fn new(fleet: Arc<Fleet>, config: ServerConfig) -> Result<Arc<App>, crate::ServeError> {
+        // Before the keys are parsed, so that this refusal is what an operator reads.
+        if config.dev_login {
+            crate::dev_login::check(&config.auth)?;
+        }
         let auth = Authenticator::new(&config.auth)?;
         let streams = Streams::new(config.stream_idle_timeout, config.max_streams)?;
         Ok(Arc::new(App {

@@ -1093,7 +1093,7 @@ pub fn mint_token(
     ttl: Duration,
     claim: &str,
 ) -> Result<String, MintError> {
-    mint(secret, tenant, ttl, claim, None)
+    mint(secret, tenant, ttl, claim, None).map(|minted| minted.token)
 }
 
 /// Mints a token that the [`Authenticator`] built from `config` accepts: its secret, its tenant
@@ -1103,6 +1103,33 @@ pub fn mint_token_for(
     tenant: &TenantId,
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_for(config, tenant, ttl).map(|minted| minted.token)
+}
+
+/// A minted token and the moment it expires, for callers that tell the holder when to get a
+/// new one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Minted {
+    pub token: String,
+    /// The token's `exp`: unix seconds.
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for Minted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Minted")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// [`mint_token_for`], with the token's expiry.
+pub fn mint_for(
+    config: &AuthConfig,
+    tenant: &TenantId,
+    ttl: Duration,
+) -> Result<Minted, MintError> {
     let secret = config.jwt_secret.as_deref().ok_or(MintError::NoSecret)?;
     mint(
         secret,
@@ -1119,7 +1146,7 @@ fn mint(
     ttl: Duration,
     claim: &str,
     issuer: Option<&str>,
-) -> Result<String, MintError> {
+) -> Result<Minted, MintError> {
     if secret.is_empty() {
         return Err(MintError::EmptySecret);
     }
@@ -1147,12 +1174,16 @@ fn mint(
     }
     claims.insert("iat".to_owned(), Value::from(now));
     claims.insert("exp".to_owned(), Value::from(exp));
-    jsonwebtoken::encode(
+    let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
-    .map_err(|e| MintError::Sign(e.to_string()))
+    .map_err(|e| MintError::Sign(e.to_string()))?;
+    Ok(Minted {
+        token,
+        expires_at: exp,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::AuthConfig;
+use crate::cors::CorsOrigin;
 
 /// How the server runs. The defaults suit one machine serving a web application's users.
 #[derive(Debug, Clone)]
@@ -32,6 +33,12 @@ pub struct ServerConfig {
     /// The migrations directory (`--migrations`) that `POST /admin/migrations/apply` applies.
     /// None: that route refuses.
     pub migrations_dir: Option<PathBuf>,
+    /// Origins of the web pages allowed to call the data plane from a browser (CORS). Empty:
+    /// no CORS header is ever sent, which is right when only servers call tenantdb.
+    pub cors_origins: Vec<CorsOrigin>,
+    /// Serve `POST /dev/token`, which mints a token for any user who asks: for demos on a
+    /// developer's machine only (see [`crate::dev_login`]).
+    pub dev_login: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +55,8 @@ impl Default for ServerConfig {
             webhook_secrets: Vec::new(),
             trash_retention: Duration::from_secs(7 * 86_400),
             migrations_dir: None,
+            cors_origins: Vec::new(),
+            dev_login: false,
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod cors;
+pub mod dev_login;
 pub mod error;
 pub mod hrana;
 pub mod metrics;
@@ -32,6 +34,8 @@ pub use routes::router;
 pub enum ServeError {
     #[error("authentication setup: {0}")]
     Auth(#[from] auth::AuthSetupError),
+    #[error("{0}")]
+    DevLogin(#[from] dev_login::DevLoginError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

@@ -16,6 +16,26 @@ use crate::hrana::http;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .merge(data_plane(&app))
+        .route("/webhooks/clerk", post(crate::webhook::clerk))
+        .route("/metrics", get(crate::metrics::render))
+        .merge(admin_routes(&app))
+        // Set explicitly so that unknown paths never take the data plane's CORS layer along
+        // with its (merged) default fallback.
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::metrics::observe,
+        ))
+        .with_state(app)
+}
+
+/// What a user's client calls (DESIGN section 5.1), and the dev sign-in when it is on. These
+/// are the only routes a web page may call from a browser, so CORS applies here and nowhere
+/// else: the admin API, webhooks and metrics never answer a browser's cross-origin request.
+fn data_plane(app: &Arc<App>) -> Router<Arc<App>> {
+    let mut routes = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route(
             "/version",
@@ -30,16 +50,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v3/pipeline", post(http::pipeline))
         .route("/v3/cursor", post(http::cursor))
         .route("/v1/execute", post(http::v1_execute))
-        .route("/v1/batch", post(http::v1_batch))
-        .route("/webhooks/clerk", post(crate::webhook::clerk))
-        .route("/metrics", get(crate::metrics::render))
-        .merge(admin_routes(&app))
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&app),
-            crate::metrics::observe,
-        ))
-        .with_state(app)
+        .route("/v1/batch", post(http::v1_batch));
+    if app.config.dev_login {
+        routes = routes.route("/dev/token", post(crate::dev_login::token));
+    }
+    match crate::cors::layer(&app.config.cors_origins) {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    }
 }
 
 /// The admin API (DESIGN section 5.2). Every route here requires the admin token.
