@@ -137,7 +137,7 @@ pub struct MigrateRun {
     /// Run every pending migration on every tenant inside a transaction that is rolled back.
     #[arg(long)]
     pub dry_run: bool,
-    /// Tenants migrated at once (default: twice the number of cores).
+    /// Tenants migrated at once (default: eight per core; a migration mostly waits on fsync).
     #[arg(long)]
     pub jobs: Option<usize>,
 }

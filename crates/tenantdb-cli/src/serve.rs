@@ -205,6 +205,12 @@ fn start_rollout(fleet: &Arc<Fleet>, dir: &Path) -> Result<()> {
     if let Some(problem) = status.problem {
         bail!("migrations in {}: {problem}", dir.display());
     }
+    // Register the new migrations (and rebuild the template) before serving, so a tenant
+    // created by the first request already has the latest schema; only reaching the existing
+    // tenants runs in the background.
+    fleet
+        .register_migrations(dir)
+        .with_context(|| format!("registering the migrations in {}", dir.display()))?;
     let fleet = Arc::clone(fleet);
     let dir = dir.to_path_buf();
     std::thread::Builder::new()

@@ -778,3 +778,36 @@ fn serve_refuses_dev_login_with_configured_auth_and_bad_cors_origins() {
     let with_path = &[("TENANTDB_CORS_ORIGINS", "https://app.example.com/")];
     refused(&[], with_path, "no path");
 }
+
+/// `serve --migrations` on a fresh data directory: the very first request, sent the moment the
+/// server says it is serving, lazily creates a user who already has the migrated schema (the
+/// rollout to existing tenants may still be running; new tenants must not wait for it).
+#[test]
+fn serve_registers_migrations_before_the_first_request() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    let secret = "startup-test-secret-0123456789abcdef";
+    let server = common::ServeProcess::start(
+        &data,
+        &["--migrations", migrations.to_str().unwrap()],
+        &[("TENANTDB_JWT_SECRET", secret)],
+    );
+    let token = ok(Command::new(BIN)
+        .args(["token", "first_user", "--jwt-secret", secret])
+        .output()
+        .unwrap());
+    let mut http = tenantdb_server::client::HttpClient::new(server.addr.parse().unwrap());
+    let body = br#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT count(*) FROM todos"}},{"type":"close"}]}"#;
+    let bearer = format!("Bearer {}", token.trim());
+    let (status, reply) = http
+        .send("POST", "/v2/pipeline", &[("authorization", &bearer)], body)
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(status, 200, "{reply}");
+    assert!(
+        reply.contains(r#""type":"ok","response":{"type":"execute""#),
+        "{reply}"
+    );
+}

@@ -192,6 +192,15 @@ fn real_libsql_clients_against_tenantdb_serve() {
     if let Err(message) = js {
         panic!("{message}");
     }
+    // Everything the clients did is normal use (their refused requests included): nothing of
+    // it is a server error worth an operator's attention.
+    let log = server.serve.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "the server logged errors while serving real clients:\n{}",
+        errors.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,15 +15,17 @@ use crate::app::App;
 use crate::hrana::http;
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .merge(data_plane(&app))
+    let operator = Router::new()
         .route("/webhooks/clerk", post(crate::webhook::clerk))
         .route("/metrics", get(crate::metrics::render))
         .merge(admin_routes(&app))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit));
+    Router::new()
+        .merge(data_plane(&app))
+        .merge(operator)
         // Set explicitly so that unknown paths never take the data plane's CORS layer along
         // with its (merged) default fallback.
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), time_limit))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
             crate::metrics::observe,
@@ -54,6 +56,8 @@ fn data_plane(app: &Arc<App>) -> Router<Arc<App>> {
     if app.config.dev_login {
         routes = routes.route("/dev/token", post(crate::dev_login::token));
     }
+    // The time limit sits inside CORS, so a page sees its 503 rather than a network error.
+    let routes = routes.layer(middleware::from_fn_with_state(Arc::clone(app), time_limit));
     match crate::cors::layer(&app.config.cors_origins) {
         Some(cors) => routes.layer(cors),
         None => routes,

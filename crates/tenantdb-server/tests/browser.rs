@@ -337,3 +337,30 @@ fn dev_login_is_refused_next_to_provider_keys() {
     };
     assert_eq!(refused(admin_only), DevLoginError::NoSecret);
 }
+
+/// A request cut off by the time limit still answers the page's origin, so the page can show
+/// the 503 instead of a network failure.
+#[test]
+fn a_timed_out_request_still_answers_cors() {
+    let mut options = Options::default();
+    options.server.cors_origins = vec![APP.parse().unwrap()];
+    options.server.request_timeout = std::time::Duration::from_millis(300);
+    options.guard.statement_timeout = std::time::Duration::from_secs(2);
+    let s = TestServer::with(options);
+    let token = s.token("tess");
+    let body = serde_json::to_vec(&json!({"requests": [
+        {"type": "execute", "stmt": {"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}},
+        {"type": "close"},
+    ]}))
+    .unwrap();
+    let reply = from_origin(&s, APP, "POST", "/v2/pipeline", Some(&token), Some(&body));
+    assert_eq!(reply.status, 503, "{}", reply.json());
+    assert_eq!(reply.json()["error"]["code"], "REQUEST_TIMEOUT");
+    assert_eq!(
+        reply
+            .headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some(APP)
+    );
+}
