@@ -47,12 +47,28 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     cli.explicit_data_dir = explicit_data_dir;
+    if !matches!(cli.command, Command::Serve(_) | Command::Demo { .. }) {
+        end_quietly_when_stdout_closes();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A printing command whose reader goes away (`tenantdb report … | head`) ends quietly, as
+/// command-line tools do, instead of panicking in `println!`: Rust starts programs with SIGPIPE
+/// ignored, which turns a closed pipe into an error at every print. Not for `serve` and `demo`:
+/// they write to sockets, where a client hanging up must stay an error, not end the process.
+fn end_quietly_when_stdout_closes() {
+    // SAFETY: `signal` with `SIG_DFL` installs no handler code, so nothing can run in a signal
+    // context; it is called once at start-up, before the command starts any thread.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -811,3 +811,36 @@ fn serve_registers_migrations_before_the_first_request() {
         "{reply}"
     );
 }
+
+/// `tenantdb … | head`: when the reader of a printing command goes away, the command ends
+/// quietly, without a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_a_printing_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    ok(tdb(&data, &["tenant", "create", "piper"]));
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "sql",
+            "piper",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 300000) SELECT x FROM c",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    // The reader is gone (dropped above); the command must end on its own.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
