@@ -143,6 +143,7 @@ pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
         Fleet::open(config)
             .with_context(|| format!("opening data directory {}", data_dir.display()))?,
     );
+    fleet.claim_serving()?;
     if let Some(dir) = &args.migrations {
         start_rollout(&fleet, dir)?;
     }

@@ -844,3 +844,34 @@ fn a_closed_stdout_ends_a_printing_command_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// While a server runs on a data directory, another process may not delete or restore its
+/// tenants (the server may hold them open), nor serve the same directory; once the server is
+/// gone, both work again.
+#[test]
+fn lifecycle_changes_and_second_servers_are_refused_while_a_server_runs() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    ok(tdb(&data, &["tenant", "create", "held", "other"]));
+    ok(tdb(&data, &["tenant", "delete", "other"]));
+    let mut server = common::ServeProcess::start(&data, &[], &[]);
+
+    let refused = fails(tdb(&data, &["tenant", "delete", "held"]));
+    assert!(
+        refused.contains("a tenantdb server is running"),
+        "{refused}"
+    );
+    let refused = fails(tdb(&data, &["tenant", "restore", "other"]));
+    assert!(
+        refused.contains("a tenantdb server is running"),
+        "{refused}"
+    );
+    let second = fails(tdb(&data, &["serve", "--listen", "127.0.0.1:0"]));
+    assert!(second.contains("a tenantdb server is running"), "{second}");
+    // Reading is fine meanwhile.
+    ok(tdb(&data, &["tenant", "info", "held"]));
+
+    server.kill();
+    ok(tdb(&data, &["tenant", "delete", "held"]));
+    ok(tdb(&data, &["tenant", "restore", "other"]));
+}

@@ -523,9 +523,9 @@ fn the_auth_guide_runs_as_written() {
         &[r#"{"status":"ignored: user was deleted","tenant":"user_2abc"} 200"#],
     );
     ran.expect_stdout(
-        "tenantdb tenant restore user_2abc",
+        "/admin/tenants/user_2abc/restore",
         &[
-            "user_2abc  active",
+            r#""state":"active""#,
             r#"{"type":"text","value":"first todo"}"#,
             "} 200",
         ],

@@ -63,6 +63,13 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// Another process serves the data directory (see [`crate::serving`]).
+    #[error(
+        "a tenantdb server is running on {0}: while it runs, delete and restore tenants through \
+         it (the admin API), so it can close their connections first"
+    )]
+    ServedElsewhere(PathBuf),
+
     #[error("{context}: {source}")]
     Sqlite {
         context: String,

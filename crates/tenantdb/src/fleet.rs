@@ -53,6 +53,8 @@ pub struct Fleet {
     /// other's files. Striped by id, so different tenants never wait for each other.
     lifecycle: [Mutex<()>; 64],
     reconciled: ReconcileReport,
+    /// Held while this fleet serves the directory (see [`crate::serving`]).
+    serving: Mutex<Option<crate::serving::ServingLock>>,
 }
 
 impl Fleet {
@@ -86,6 +88,7 @@ impl Fleet {
             counters: crate::stats::Counters::default(),
             lifecycle: [const { Mutex::new(()) }; 64],
             reconciled: ReconcileReport::default(),
+            serving: Mutex::new(None),
         };
         if config.reconcile_on_open {
             fleet.reconciled = reconcile::run(&fleet.layout, &fleet.catalog)?;
@@ -115,6 +118,31 @@ impl Fleet {
     }
 
     /// What reconciliation found when the fleet was opened.
+    /// Claims the data directory for this fleet's server, for as long as the fleet lives:
+    /// other processes may no longer delete or restore tenants behind its back (see
+    /// [`crate::serving`]). Fails if another process serves the directory.
+    pub fn claim_serving(&self) -> Result<()> {
+        let mut serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+        if serving.is_none() {
+            *serving = Some(crate::serving::ServingLock::acquire(&self.layout)?);
+        }
+        Ok(())
+    }
+
+    /// Refuses to move a tenant's files while another process serves the directory: it may
+    /// hold the tenant open.
+    fn refuse_if_served_elsewhere(&self) -> Result<()> {
+        let ours = self
+            .serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !ours && crate::serving::ServingLock::is_held(&self.layout)? {
+            return Err(Error::ServedElsewhere(self.layout.root().to_path_buf()));
+        }
+        Ok(())
+    }
+
     pub fn reconciled(&self) -> &ReconcileReport {
         &self.reconciled
     }
@@ -345,6 +373,7 @@ impl Fleet {
     /// Deletes a tenant: marks it deleted (a tombstone that stops re-creation), waits for its
     /// in-flight requests, and moves its files to `trash/` (or removes them with `purge`).
     pub fn delete_tenant(&self, id: &TenantId, purge: bool, actor: &str) -> Result<()> {
+        self.refuse_if_served_elsewhere()?;
         let _lifecycle = self.lock_lifecycle(id);
         self.delete_locked(id, purge, actor)
     }
@@ -379,6 +408,7 @@ impl Fleet {
     /// that a signup event delivered late (or replayed) never brings the user back. Returns
     /// whether a live tenant was deleted.
     pub fn retire_tenant(&self, id: &TenantId, actor: &str) -> Result<bool> {
+        self.refuse_if_served_elsewhere()?;
         let _lifecycle = self.lock_lifecycle(id);
         self.retire_locked(id, actor)
     }
@@ -429,6 +459,7 @@ impl Fleet {
 
     /// Brings a deleted tenant back from trash, as it was when deleted.
     pub fn restore_tenant(&self, id: &TenantId, actor: &str) -> Result<TenantRecord> {
+        self.refuse_if_served_elsewhere()?;
         let _lifecycle = self.lock_lifecycle(id);
         let record = self.require(id)?;
         let name = match (&record.state, &record.trash_file) {

@@ -11,6 +11,7 @@ pub const CATALOG_FILE: &str = "catalog.db";
 pub const TEMPLATE_FILE: &str = "template.db";
 pub const TENANTS_DIR: &str = "tenants";
 pub const TRASH_DIR: &str = "trash";
+pub const SERVING_LOCK_FILE: &str = "serving.lock";
 
 /// SQLite keeps these beside a database file; they move and vanish with it.
 pub const SIDE_FILE_SUFFIXES: [&str; 3] = ["-wal", "-shm", "-journal"];
@@ -39,6 +40,11 @@ impl Layout {
 
     pub fn tenants_dir(&self) -> PathBuf {
         self.root.join(TENANTS_DIR)
+    }
+
+    /// See [`crate::serving`].
+    pub fn serving_lock(&self) -> PathBuf {
+        self.root.join(SERVING_LOCK_FILE)
     }
 
     pub fn trash_dir(&self) -> PathBuf {

@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod reconcile;
 pub mod report;
 pub mod rollout;
+pub mod serving;
 pub mod session;
 mod sqlite_codes;
 pub mod stats;
