@@ -4,9 +4,9 @@
 //! SQLite itself (authorizer, limits, defensive mode, progress handler), so no parsing of user
 //! SQL on our side can be fooled by quoting, comments or triggers.
 
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -122,7 +122,7 @@ pub struct GuardState {
     /// Set when the progress handler interrupted a statement, to tell a timeout from other errors.
     timed_out: AtomicBool,
     /// Why the authorizer last refused something (SQLite itself only says "not authorized").
-    denial: std::sync::Mutex<Option<String>>,
+    denial: Mutex<Option<String>>,
     allow_ddl: bool,
 }
 
@@ -319,6 +319,40 @@ fn pragma(name: &str, value: Option<&str>) -> Decision {
 }
 
 /// Tables the library owns inside every tenant database, and SQLite's own.
+/// For the library's own unguarded writes into a tenant (migrations, imports): a trigger they
+/// set off is the tenant's own doing when users may change their schema (`allow_ddl`), and must
+/// still not write tenantdb's tables (to erase the write audit, say). Installs an authorizer
+/// that refuses exactly that and returns where the first refusal's reason is kept, for the
+/// error the caller reports. Remove it with `conn.authorizer(None)` when done.
+pub(crate) fn keep_triggers_off_reserved_tables(
+    conn: &mut Connection,
+) -> rusqlite::Result<Arc<Mutex<Option<String>>>> {
+    let denied: Arc<Mutex<Option<String>>> = Arc::default();
+    let record = Arc::clone(&denied);
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let table = match ctx.action {
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => table_name,
+            _ => return Authorization::Allow,
+        };
+        match ctx.accessor {
+            Some(trigger) if is_reserved(table) && !table.starts_with("sqlite_") => {
+                if let Ok(mut denied) = record.lock() {
+                    denied.get_or_insert_with(|| {
+                        format!(
+                            "trigger {trigger} may not write {table}, which only tenantdb writes"
+                        )
+                    });
+                }
+                Authorization::Deny
+            }
+            _ => Authorization::Allow,
+        }
+    }))?;
+    Ok(denied)
+}
+
 pub fn is_reserved(table: &str) -> bool {
     let lower = table.to_ascii_lowercase();
     lower.starts_with("_tenantdb_") || lower.starts_with("sqlite_")

@@ -5,12 +5,10 @@
 //! transaction as the migration), so a run killed at any point resumes by asking each tenant
 //! where it is; the catalog's copy of the version is bookkeeping for status and reports.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{Connection, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
+use std::path::Path;
 
 use crate::catalog::Migration;
 use crate::error::{Context, Error, Result, io_error};
@@ -169,30 +167,8 @@ pub fn apply(
     migrations: &[Migration],
     dry_run: bool,
 ) -> Result<(u32, Option<TenantFailure>)> {
-    let denied: Arc<Mutex<Option<String>>> = Arc::default();
-    let record = Arc::clone(&denied);
-    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        let table = match ctx.action {
-            AuthAction::Insert { table_name }
-            | AuthAction::Delete { table_name }
-            | AuthAction::Update { table_name, .. } => table_name,
-            _ => return Authorization::Allow,
-        };
-        match ctx.accessor {
-            Some(trigger) if crate::guard::is_reserved(table) && !table.starts_with("sqlite_") => {
-                if let Ok(mut denied) = record.lock() {
-                    denied.get_or_insert_with(|| {
-                        format!(
-                            "trigger {trigger} may not write {table}, which only tenantdb writes"
-                        )
-                    });
-                }
-                Authorization::Deny
-            }
-            _ => Authorization::Allow,
-        }
-    }))
-    .context("protecting tenantdb's tables during migrations")?;
+    let denied = crate::guard::keep_triggers_off_reserved_tables(conn)
+        .context("protecting tenantdb's tables during migrations")?;
     let mut outcome = apply_unguarded(conn, migrations, dry_run);
     conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
         .context("ending migrations")?;

@@ -452,6 +452,52 @@ fn a_failed_tenant_is_isolated_and_a_rerun_finishes_it() {
     assert!(s.fleet.verify_import(&plan, &NoProgress).unwrap().ok);
 }
 
+/// A tenant that exists already may have triggers of its own (users may change their schema
+/// with `allow_ddl`). They fire on the imported rows, but one that writes tenantdb's tables
+/// (to erase the write audit) fails that tenant's import instead, and leaves the audit whole.
+#[test]
+fn a_tenants_trigger_may_not_write_tenantdb_tables_during_an_import() {
+    let s = Setup::new();
+    fill(&s.shared(), 3);
+    let user_1 = tid("user_1");
+    s.fleet.create_tenant(&user_1, "test").unwrap();
+    s.fleet
+        .connect(&user_1)
+        .unwrap()
+        .execute(
+            "INSERT INTO users (id, email) VALUES ('early', 'early@example.com')",
+            &tenantdb::Args::default(),
+        )
+        .unwrap();
+    s.tenant("user_1")
+        .execute_batch(
+            "CREATE TRIGGER wipe AFTER INSERT ON todos BEGIN DELETE FROM _tenantdb_audit; END;",
+        )
+        .unwrap();
+
+    let plan = s.plan();
+    let report = s.fleet.import(&plan, &NoProgress, "test").unwrap();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(report.failed[0].tenant, user_1);
+    assert!(
+        report.failed[0]
+            .error
+            .contains("trigger wipe may not write _tenantdb_audit"),
+        "{}",
+        report.failed[0].error
+    );
+    let t = s.tenant("user_1");
+    assert_eq!(count(&t, "SELECT count(*) FROM _tenantdb_audit"), 1);
+    assert_eq!(count(&t, "SELECT count(*) FROM todos"), 0);
+    assert!(
+        s.fleet
+            .verify_audit(&user_1)
+            .unwrap()
+            .first_broken
+            .is_none()
+    );
+}
+
 #[test]
 fn deleted_tenants_are_reported_and_never_written() {
     let s = Setup::new();

@@ -137,6 +137,33 @@ fn write(fleet: &Fleet, plan: &ImportPlan, tenant: TenantRows, actor: &str) -> R
     // A row may point at another tenant's row (a comment by another user): copied as it is.
     conn.execute_batch("PRAGMA foreign_keys = OFF")
         .context("configuring the import connection")?;
+    // An existing tenant's own triggers fire on the rows written, but may not touch tenantdb's
+    // tables (its write audit) from this unguarded connection.
+    let denied = crate::guard::keep_triggers_off_reserved_tables(&mut conn)
+        .context("protecting tenantdb's tables during the import")?;
+    let outcome = match write_rows(&mut conn, plan, tenant, created) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            return Err(match denied.lock().ok().and_then(|mut d| d.take()) {
+                Some(reason) => Error::Config(format!("{e}: {reason}")),
+                None => e,
+            });
+        }
+    };
+    conn.close().map_err(|(_, source)| Error::Sqlite {
+        context: "closing the tenant".into(),
+        source,
+    })?;
+    Ok(outcome)
+}
+
+/// Writes one tenant's rows and its import record in one transaction.
+fn write_rows(
+    conn: &mut Connection,
+    plan: &ImportPlan,
+    tenant: TenantRows,
+    created: bool,
+) -> Result<Outcome> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context("starting the import transaction")?;
@@ -194,10 +221,6 @@ fn write(fleet: &Fleet, plan: &ImportPlan, tenant: TenantRows, actor: &str) -> R
     )
     .context("recording the import")?;
     tx.commit().context("committing the import")?;
-    conn.close().map_err(|(_, source)| Error::Sqlite {
-        context: "closing the tenant".into(),
-        source,
-    })?;
     Ok(Outcome::Imported { created, rows })
 }
 
