@@ -996,3 +996,60 @@ fn reads_that_outgrow_the_quick_path_are_answered_in_full_and_once() {
         assert_eq!(rows(&long), vec![vec![json!(2_000_000)]]);
     }
 }
+
+/// A refused request does not cost a keep-alive client its connection: the next request on the
+/// same connection is served.
+#[test]
+fn a_refused_request_leaves_the_keep_alive_connection_usable() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = TestServer::start();
+    let good = s.token("kim");
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let body = r#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT 1"}},{"type":"close"}]}"#;
+    let mut exchange = |token: &str| -> u16 {
+        let request = format!(
+            "POST /v2/pipeline HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        // Head and body in two writes, as many clients send them.
+        writer.write_all(request.as_bytes()).unwrap();
+        writer.flush().unwrap();
+        writer.write_all(body.as_bytes()).unwrap();
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no response: {status_line:?}"))
+            .parse()
+            .unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut reply = vec![0; length];
+        reader.read_exact(&mut reply).unwrap();
+        status
+    };
+    for _ in 0..20 {
+        assert_eq!(exchange("not-a-token"), 401);
+        assert_eq!(exchange(&good), 200);
+    }
+}

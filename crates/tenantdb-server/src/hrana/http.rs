@@ -31,6 +31,9 @@ fn json_response(value: &impl Serialize) -> Response {
     }
 }
 
+/// The most of a refused request's body read just to keep its connection usable.
+const REFUSED_BODY_DRAIN: usize = 64 << 10;
+
 /// Reads and parses a JSON body within the size limit, after authentication: an
 /// unauthenticated caller learns nothing, not even whether its body parses.
 async fn authenticated<T: DeserializeOwned>(
@@ -38,10 +41,16 @@ async fn authenticated<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Principal, T)> {
-    let principal = app
-        .auth
-        .authenticate(headers)
-        .map_err(|e| ApiError::from(e).hrana())?;
+    let principal = match app.auth.authenticate(headers) {
+        Ok(principal) => principal,
+        Err(e) => {
+            // Read (and drop) a small body still on its way, so the refusal does not cost the
+            // client its keep-alive connection; a large one is left unread and the connection
+            // closes instead.
+            let _ = axum::body::to_bytes(body, REFUSED_BODY_DRAIN).await;
+            return Err(ApiError::from(e).hrana());
+        }
+    };
     let bytes: Bytes = axum::body::to_bytes(body, app.config.max_body_bytes)
         .await
         .map_err(|_| {
