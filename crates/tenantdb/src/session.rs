@@ -129,6 +129,7 @@ impl TenantConnection {
         let cooling = self
             .slow_until
             .is_some_and(|until| std::time::Instant::now() < until);
+        let was_quick = self.quick.is_some();
         self.quick = match budget {
             Some(budget) if !cooling => Some(Quick {
                 budget,
@@ -136,6 +137,17 @@ impl TenantConnection {
             }),
             _ => None,
         };
+        // Confined, a read that finds the database busy (rare in WAL: another connection is
+        // recovering the log) is refused at once rather than sleeping in the busy handler,
+        // where the budget cannot reach it. `sqlite3_busy_timeout` fails only on a closed
+        // connection.
+        if self.quick.is_some() {
+            if self.conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+                self.quick = None;
+            }
+        } else if was_quick {
+            let _ = self.conn.busy_timeout(crate::connection::BUSY_TIMEOUT);
+        }
         self.quick.is_some()
     }
 
@@ -263,6 +275,9 @@ impl TenantConnection {
                 Err(self.refuse_quick())
             }
             Err(Error::NotQuick) => Err(self.refuse_quick()),
+            Err(Error::Sql { code, .. }) if code.starts_with("SQLITE_BUSY") => {
+                Err(self.refuse_quick())
+            }
             _ if left_open => Err(self.refuse_quick()),
             other => other,
         }

@@ -1466,10 +1466,24 @@ fn quick_reads_run_and_everything_else_is_refused_untouched() {
     assert!(matches!(long, Err(Error::NotQuick)), "{long:?}");
     assert!(!conn.quick_reads_only(Some(Duration::from_millis(50))));
     assert!(!conn.quick_refused());
-    // Lifted, the same connection runs everything again.
-    conn.quick_reads_only(None);
-    conn.execute("INSERT INTO todos(title) VALUES ('eggs')", &Args::default())
+    // Lifted, the connection waits for a busy database again (the confinement waits for
+    // nothing): a write behind another connection's open write transaction runs once it ends.
+    let holder = raw(&fleet, &id);
+    holder
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO todos(title) VALUES ('held');")
         .unwrap();
+    conn.quick_reads_only(None);
+    let writer = std::thread::spawn(move || {
+        let started = Instant::now();
+        let wrote = conn.execute("INSERT INTO todos(title) VALUES ('eggs')", &Args::default());
+        (wrote.map(|r| r.rows_affected), started.elapsed(), conn)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+    let (wrote, waited, conn) = writer.join().unwrap();
+    assert_eq!(wrote.unwrap(), 1, "the write waited for the lock and ran");
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
     drop(conn);
     assert_eq!(count(&fleet), vec![2]);
     let audit = fleet.tenant_audit(&id, 0, 100).unwrap();
