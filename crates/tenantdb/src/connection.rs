@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, FileControl, MAIN_DB, OpenFlags};
 
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 
 /// How long a connection waits for another writer before reporting the database busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +47,22 @@ const WAL_SIZE_LIMIT: i64 = 4 << 20;
 pub fn open_tenant(path: &Path, sync_every_commit: bool) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).context("opening a tenant database")?;
+    // When the read-write open fails, SQLite quietly tries read-only. For a file that another
+    // thread is creating, the first try can miss it and the second find it: a read-only
+    // connection that would refuse every write of the tenant it serves. Refuse it instead; the
+    // caller's retry then opens the file read-write.
+    if conn
+        .is_readonly(MAIN_DB)
+        .context("opening a tenant database")?
+    {
+        return Err(Error::Sqlite {
+            context: "opening a tenant database".into(),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some("the database file could only be opened read-only".into()),
+            ),
+        });
+    }
     // Keep `-wal` and `-shm` on close: see the module documentation.
     conn.file_control(Some(MAIN_DB), FileControl::PersistWal(&mut 1))
         .context("keeping the write-ahead log")?;

@@ -1489,3 +1489,34 @@ fn quick_reads_run_and_everything_else_is_refused_untouched() {
     let audit = fleet.tenant_audit(&id, 0, 100).unwrap();
     assert_eq!(audit.len(), 2, "one entry per write that ran: {audit:?}");
 }
+
+/// SQLite quietly opens a file read-only when the read-write open fails, and in a race with
+/// the file's creation (lazy provisioning) the read-only retry can succeed where the first try
+/// missed. A tenant is never served by such a connection: the open is refused, and works again
+/// once the file can be written. `chattr +i` stands in for the race: not even root may write.
+#[test]
+fn a_tenant_file_that_cannot_be_opened_read_write_is_refused_not_served_read_only() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = fleet_with_todos(&tmp, config(&tmp));
+    let id = tid("frozen");
+    fleet.create_tenant(&id, "test").unwrap();
+    let path = fleet.layout().tenant_db(&id);
+    let chattr = |flag: &str| {
+        let status = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&path)
+            .status()
+            .expect("chattr runs");
+        assert!(status.success(), "chattr {flag} (needs ext4 and root)");
+    };
+    chattr("+i");
+    let opened = fleet.connect(&id).map(|_| ());
+    chattr("-i");
+    let err = opened.expect_err("a read-only connection was handed out");
+    assert!(err.to_string().contains("read-only"), "{err}");
+    insert_todo(&fleet, &id, "thawed");
+    assert_eq!(
+        ints(&exec(&fleet, &id, "SELECT count(*) FROM todos").unwrap()),
+        vec![1]
+    );
+}
