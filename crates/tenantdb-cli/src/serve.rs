@@ -105,7 +105,53 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Each cached tenant keeps about three files open (the database, its log and the log's
+/// shared-memory index), so the default cache of 1,000 tenants needs some 3,000 descriptors:
+/// more than the soft limit of 1,024 that many systems start processes with, and the hard limit
+/// is usually far higher. Raise the soft limit to the hard one, and warn when even that is short
+/// of what the cache needs.
+#[cfg(unix)]
+fn raise_open_file_limit(cache_capacity: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` only writes the `rlimit` it is given, a valid one owned here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = (cache_capacity as u64)
+        .saturating_mul(3)
+        .saturating_add(256);
+    if limit.rlim_cur < limit.rlim_max {
+        // An unlimited hard limit is not a value the soft limit may take for open files.
+        let target = if limit.rlim_max == libc::RLIM_INFINITY {
+            needed.max(limit.rlim_cur)
+        } else {
+            limit.rlim_max
+        };
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` only reads the `rlimit` it is given, a valid one owned here.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "the open-file limit is below what the connection cache may need; raise it \
+             (ulimit -n) or lower --cache-capacity"
+        );
+    }
+}
+
 pub fn serve(data_dir: &Path, args: ServeArgs) -> Result<()> {
+    #[cfg(unix)]
+    raise_open_file_limit(args.cache_capacity);
     // Dev sign-in hands a token for any user to anyone who asks. Tied to the generated
     // development secret, it can never mint tokens that a real deployment would accept.
     let configured = configured_auth(&args.auth);

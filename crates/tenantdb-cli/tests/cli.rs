@@ -875,3 +875,53 @@ fn lifecycle_changes_and_second_servers_are_refused_while_a_server_runs() {
     ok(tdb(&data, &["tenant", "delete", "held"]));
     ok(tdb(&data, &["tenant", "restore", "other"]));
 }
+
+/// Started with the common soft limit of open files far below what its connection cache needs,
+/// `serve` raises the soft limit to the hard one.
+#[cfg(target_os = "linux")]
+#[test]
+fn serve_raises_its_open_file_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -Sn 256 && exec "$0" "$@""#,
+            BIN,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut serving = false;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if line.starts_with("tenantdb serving ") {
+            serving = true;
+            break;
+        }
+        line.clear();
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving, "the server did not start");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{open_files}");
+    if hard != "unlimited" {
+        assert_eq!(soft, hard, "{open_files}");
+    }
+}
