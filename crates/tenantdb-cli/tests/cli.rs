@@ -12,24 +12,13 @@ mod common;
 const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 
 fn tdb(data: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data)
+    common::tenantdb(data)
         .args(args)
         .output()
         .expect("the tenantdb binary runs")
 }
 
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "tenantdb failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
+use common::ok;
 
 #[track_caller]
 fn json(out: Output) -> Value {
@@ -725,15 +714,8 @@ fn serve_refuses_dev_login_with_configured_auth_and_bad_cors_origins() {
     let jwks = jwks.to_str().unwrap();
     // Runs `serve` with `args` and `envs`, which must fail saying `hint` and leave no trace.
     let refused = |args: &[&str], envs: &[(&str, &str)], hint: &str| {
-        let mut cmd = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TENANTDB_") {
-                cmd.env_remove(name);
-            }
-        }
+        let mut cmd = common::tenantdb(&data);
         cmd.envs(envs.iter().copied())
-            .arg("--data-dir")
-            .arg(&data)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args);
         // A server that wrongly starts is killed at the limit and fails the test.

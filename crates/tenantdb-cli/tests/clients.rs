@@ -16,8 +16,6 @@ use tempfile::TempDir;
 mod common;
 use common::{ServeProcess, output_within};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
-
 /// The HS256 secret the server checks user tokens with (32 bytes or more, as a real one).
 const JWT_SECRET: &str = "clients-test-secret-0123456789abcdef";
 
@@ -34,28 +32,14 @@ const SCHEMA: &str = "CREATE TABLE todos (
 /// A `tenantdb` command that sees no `TENANTDB_*` setting from the environment it runs in,
 /// only the test's own.
 fn tenantdb(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("TENANTDB_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET)
-        .arg("--data-dir")
-        .arg(data);
+    let mut cmd = common::tenantdb(data);
+    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET);
     cmd
 }
 
 #[track_caller]
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("the tenantdb binary runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    common::ok(cmd.output().expect("the tenantdb binary runs"))
 }
 
 /// A running `tenantdb serve`, killed when dropped (also when a test panics).

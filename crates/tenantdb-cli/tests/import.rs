@@ -12,17 +12,10 @@ use tempfile::TempDir;
 mod common;
 use common::markdown;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
-
 /// A `tenantdb` command that sees no `TENANTDB_*` setting from the environment it runs in.
 fn tenantdb(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("TENANTDB_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("RUST_LOG", "warn").arg("--data-dir").arg(data);
+    let mut cmd = common::tenantdb(data);
+    cmd.env("RUST_LOG", "warn");
     cmd
 }
 
@@ -37,17 +30,7 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "tenantdb failed ({:?}): {}\n{}",
-        out.status.code(),
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    text(&out.stdout)
-}
+use common::ok;
 
 /// Asserts the exit code and returns (stdout, stderr).
 #[track_caller]
@@ -305,13 +288,7 @@ fn the_moving_in_guide_runs_as_written() {
             first, "tenantdb",
             "the guide's sh blocks hold tenantdb commands: {line}"
         );
-        let mut cmd = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TENANTDB_") {
-                cmd.env_remove(name);
-            }
-        }
-        let out = cmd
+        let out = common::bare_command()
             .args(&words[1..])
             .current_dir(dir)
             .envs(&env)

@@ -12,21 +12,13 @@ use tempfile::TempDir;
 mod common;
 use common::ServeProcess;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 const JWT_SECRET: &str = "report-test-secret-0123456789abcdef0123";
 const SCHEMA: &str = "CREATE TABLE todos (id INTEGER PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0, data BLOB);";
 
 /// A `tenantdb` command that sees only the test's own `TENANTDB_*` settings.
 fn tenantdb(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("TENANTDB_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET)
-        .arg("--data-dir")
-        .arg(data);
+    let mut cmd = common::tenantdb(data);
+    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET);
     cmd
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,9 +18,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 mod common;
-use common::ServeProcess;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
+use common::{ServeProcess, ok};
 
 const WEBHOOK_SECRET: &str = "whsec_dGVuYW50ZGItd2ViaG9vay1jcmFzaC10ZXN0LXNlY3JldCE=";
 const JWT_SECRET: &str = "webhook-crash-test-secret-0123456789abcdef";
@@ -33,27 +31,9 @@ const TODOS: &str = "CREATE TABLE todos (id INTEGER PRIMARY KEY, title TEXT NOT 
 
 /// A `tenantdb` command that sees no `TENANTDB_*` setting from the environment it runs in.
 fn tenantdb(data: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("TENANTDB_") {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET)
-        .arg("--data-dir")
-        .arg(data);
+    let mut cmd = common::tenantdb(data);
+    cmd.env("TENANTDB_JWT_SECRET", JWT_SECRET);
     cmd
-}
-
-#[track_caller]
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "tenantdb failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 /// A running `tenantdb serve` that provisions at signup and checks webhook signatures.

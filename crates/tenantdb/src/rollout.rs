@@ -136,24 +136,28 @@ impl Fleet {
         let ledger = self.catalog().ledger()?;
         let on_disk = migrate::load_dir_against(dir, &ledger)?;
         let known = ledger.last().map_or(0, |m| m.version);
-        let registered: Vec<u32> = on_disk
+        let now = unix_now();
+        let new: Vec<Migration> = on_disk
             .iter()
             .filter(|m| m.version > known)
-            .map(|m| m.version)
+            .map(|m| Migration {
+                registered_at: now,
+                ..m.clone()
+            })
             .collect();
+        let registered: Vec<u32> = new.iter().map(|m| m.version).collect();
         if dry_run {
             template::check(self.layout(), &on_disk)?;
-        } else {
+            return Ok((on_disk, registered));
+        }
+        // With nothing new, a template at the latest version was built from these very
+        // migrations (the ledger never changes): building it again would only cost fsyncs, at
+        // every `migrate` and every server start.
+        let latest = on_disk.last().map_or(0, |m| m.version);
+        if !new.is_empty() || template::version(self.layout()) != Some(latest) {
             template::rebuild(self.layout(), &on_disk)?;
-            let now = unix_now();
-            let new: Vec<Migration> = on_disk
-                .iter()
-                .filter(|m| m.version > known)
-                .map(|m| Migration {
-                    registered_at: now,
-                    ..m.clone()
-                })
-                .collect();
+        }
+        if !new.is_empty() {
             self.catalog().register(&new)?;
             self.set_ledger(self.catalog().ledger()?);
         }

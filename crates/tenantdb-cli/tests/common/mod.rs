@@ -23,22 +23,47 @@ pub struct ServeProcess {
     pub log: Arc<Mutex<String>>,
 }
 
+/// The `tenantdb` binary, blind to every `TENANTDB_*` setting of the environment the tests run
+/// in: each test gives only its own.
+pub fn bare_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TENANTDB_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `tenantdb --data-dir <data> …`, from [`bare_command`].
+pub fn tenantdb(data: &Path) -> Command {
+    let mut cmd = bare_command();
+    cmd.arg("--data-dir").arg(data);
+    cmd
+}
+
+/// Asserts that a `tenantdb` run succeeded and returns what it printed.
+#[track_caller]
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "tenantdb failed ({:?}): {}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
 impl ServeProcess {
     /// Starts the server with no `TENANTDB_*` setting from the environment the test runs in,
     /// only `envs` (and `RUST_LOG=warn`), and waits (up to 60s) for its address.
     pub fn start(data_dir: &Path, extra_args: &[&str], envs: &[(&str, &str)]) -> ServeProcess {
-        let mut cmd = Command::new(BIN);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TENANTDB_") {
-                cmd.env_remove(name);
-            }
-        }
+        let mut cmd = tenantdb(data_dir);
         for (name, value) in envs {
             cmd.env(name, value);
         }
         let mut child = cmd
-            .arg("--data-dir")
-            .arg(data_dir)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
             .env("RUST_LOG", "warn")

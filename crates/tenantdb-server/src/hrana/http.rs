@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::exec::{Budget, Next};
 use super::proto::{
     Batch, BatchResult, CursorEntry, CursorReqBody, CursorRespBody, PipelineReqBody,
-    PipelineRespBody, Stmt, StmtResult, StreamRequest, StreamResponse, StreamResult,
+    PipelineRespBody, Stmt, StmtResult, StreamRequest, StreamResult,
 };
 use super::streams::{BatonError, Stream};
 use crate::app::App;
@@ -173,27 +173,27 @@ pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         tenant = principal.tenant().map(|t| TenantTag(t.to_string()));
         if let Some(mut stream) = quick_stream(&app, &principal, &req) {
             if stream.lease.quick_reads_only(Some(QUICK_BUDGET)) {
-                let results = run_requests(&mut stream, &req.requests);
+                let ran = run_requests(&mut stream, &req.requests);
                 let refused = stream.lease.quick_refused();
                 stream.lease.quick_reads_only(None);
                 if !refused {
-                    return Ok(finish(&app, stream, results));
+                    return Ok(finish(&app, stream, ran));
                 }
             }
             // Not a quick read after all (nothing was changed), or this tenant's reads have
             // lately been slow: run it all where blocking is allowed.
             let worker = Arc::clone(&app);
             return blocking(&app, move || {
-                let results = run_requests(&mut stream, &req.requests);
-                Ok(finish(&worker, stream, results))
+                let ran = run_requests(&mut stream, &req.requests);
+                Ok(finish(&worker, stream, ran))
             })
             .await;
         }
         let worker = Arc::clone(&app);
         blocking(&app, move || {
             let mut stream = stream_for(&worker, &principal, req.baton.as_deref())?;
-            let results = run_requests(&mut stream, &req.requests);
-            Ok(finish(&worker, stream, results))
+            let ran = run_requests(&mut stream, &req.requests);
+            Ok(finish(&worker, stream, ran))
         })
         .await
     };
@@ -207,8 +207,14 @@ pub async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     response
 }
 
+/// A pipeline's results, and whether one of its requests closed the stream.
+struct Ran {
+    results: Vec<StreamResult>,
+    closed: bool,
+}
+
 /// Runs a pipeline's requests in order on its stream; after a `close`, the rest fail.
-fn run_requests(stream: &mut Stream, requests: &[StreamRequest]) -> Vec<StreamResult> {
+fn run_requests(stream: &mut Stream, requests: &[StreamRequest]) -> Ran {
     let mut budget = Budget::new(stream.lease.limits().max_response_bytes);
     let mut results = Vec::with_capacity(requests.len());
     let mut closed = false;
@@ -230,21 +236,13 @@ fn run_requests(stream: &mut Stream, requests: &[StreamRequest]) -> Vec<StreamRe
             Err(error) => StreamResult::Error { error },
         });
     }
-    results
+    Ran { results, closed }
 }
 
 /// Records the stream's activity and parks it for its next request (or forgets it if closed).
-fn finish(app: &App, stream: Box<Stream>, results: Vec<StreamResult>) -> PipelineRespBody {
+fn finish(app: &App, stream: Box<Stream>, Ran { results, closed }: Ran) -> PipelineRespBody {
     app.fleet
         .record_activity(&stream.tenant, stream.lease.take_writes());
-    let closed = results.iter().any(|r| {
-        matches!(
-            r,
-            StreamResult::Ok {
-                response: StreamResponse::Close
-            }
-        )
-    });
     let baton = if closed {
         app.streams.forget(&stream);
         None
