@@ -46,6 +46,12 @@ fn write_body(title: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Sends one Hrana pipeline with `token` and requires its first step to have succeeded.
+fn pipeline(http: &mut HttpClient, token: &str, body: &[u8]) -> Result<()> {
+    let (status, reply) = http.send("POST", "/v2/pipeline", &[("authorization", token)], body)?;
+    expect_ok(status, &reply)
+}
+
 fn expect_ok(status: u16, body: &[u8]) -> Result<()> {
     const OK: &[u8] = br#"[{"type":"ok","#;
     if status != 200 || !body.windows(OK.len()).any(|w| w == OK) {
@@ -72,13 +78,7 @@ fn start_warm(fleet: &Arc<tenantdb::Fleet>, tokens: &[String]) -> Result<inproc:
     )?;
     let mut http = HttpClient::new(server.addr);
     for token in tokens {
-        let (status, body) = http.send(
-            "POST",
-            "/v2/pipeline",
-            &[("authorization", token)],
-            &read_body(1),
-        )?;
-        expect_ok(status, &body)?;
+        pipeline(&mut http, token, &read_body(1))?;
     }
     Ok(server)
 }
@@ -127,13 +127,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
         |c, i, http| {
             let t = pick(c, i, tokens.len());
             let row = (i % rows) as i64 + 1;
-            let (status, body) = http.send(
-                "POST",
-                "/v2/pipeline",
-                &[("authorization", &tokens[t])],
-                &read_body(row),
-            )?;
-            expect_ok(status, &body)
+            pipeline(http, &tokens[t], &read_body(row))
         },
     )?;
     // Single-row inserts, each to a tenant picked like the reads; `tag` keeps titles apart.
@@ -146,13 +140,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
             |_| 0,
             |c, i, http| {
                 let t = pick(c, i, tokens.len());
-                let (status, body) = http.send(
-                    "POST",
-                    "/v2/pipeline",
-                    &[("authorization", &tokens[t])],
-                    &write_body(&format!("{tag} c{c} i{i}")),
-                )?;
-                expect_ok(status, &body)
+                pipeline(http, &tokens[t], &write_body(&format!("{tag} c{c} i{i}")))
             },
         )
     };
@@ -167,13 +155,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
         |_| 0,
         |c, i, http| {
             let t = pick(c, i, hot);
-            let (status, body) = http.send(
-                "POST",
-                "/v2/pipeline",
-                &[("authorization", &tokens[t])],
-                &read_body(1),
-            )?;
-            expect_ok(status, &body)
+            pipeline(http, &tokens[t], &read_body(1))
         },
     )?;
     let next_cold = std::sync::atomic::AtomicUsize::new(0);
@@ -186,13 +168,7 @@ pub fn run(workdir: &Workdir, params: &Params) -> Result<Report> {
         |c, i, http| {
             if c % 2 == 0 {
                 let t = pick(c, i, hot);
-                let (status, body) = http.send(
-                    "POST",
-                    "/v2/pipeline",
-                    &[("authorization", &tokens[t])],
-                    &read_body(1),
-                )?;
-                return expect_ok(status, &body);
+                return pipeline(http, &tokens[t], &read_body(1));
             }
             let n = next_cold.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let token = &cold_tokens[n % cold_tokens.len()];

@@ -42,6 +42,18 @@ fn write_migration(dir: &Path, name: &str, sql: &str) {
 
 const TODOS: &str = "CREATE TABLE todos (id INTEGER PRIMARY KEY, title TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0);";
 
+/// A data directory under `tmp` migrated to the `todos` schema, and its migrations directory.
+fn todos_fleet(tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let data = tmp.path().join("data");
+    let migrations = tmp.path().join("migrations");
+    write_migration(&migrations, "0001_todos.sql", TODOS);
+    ok(tdb(
+        &data,
+        &["migrate", "--migrations", migrations.to_str().unwrap()],
+    ));
+    (data, migrations)
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -104,13 +116,7 @@ fn bad_tenant_ids_are_refused_before_anything_is_created() {
 #[test]
 fn tenant_lifecycle_through_the_cli() {
     let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let migrations = tmp.path().join("migrations");
-    write_migration(&migrations, "0001_todos.sql", TODOS);
-    ok(tdb(
-        &data,
-        &["migrate", "--migrations", migrations.to_str().unwrap()],
-    ));
+    let (data, _) = todos_fleet(&tmp);
 
     let created = json(tdb(
         &data,
@@ -198,13 +204,7 @@ fn tenant_lifecycle_through_the_cli() {
 #[test]
 fn user_sql_cannot_escape_the_guard() {
     let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let migrations = tmp.path().join("migrations");
-    write_migration(&migrations, "0001_todos.sql", TODOS);
-    ok(tdb(
-        &data,
-        &["migrate", "--migrations", migrations.to_str().unwrap()],
-    ));
+    let (data, _) = todos_fleet(&tmp);
     ok(tdb(&data, &["tenant", "create", "victim", "attacker"]));
     ok(tdb(
         &data,
@@ -555,13 +555,7 @@ fn tenant_path_fast(data: &Path, id: &str) -> PathBuf {
 #[test]
 fn killed_creation_leaves_whole_tenants_only() {
     let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let migrations = tmp.path().join("migrations");
-    write_migration(&migrations, "0001_todos.sql", TODOS);
-    ok(tdb(
-        &data,
-        &["migrate", "--migrations", migrations.to_str().unwrap()],
-    ));
+    let (data, _) = todos_fleet(&tmp);
     for round in 0..6u64 {
         let ids: Vec<String> = (0..400).map(|i| format!("r{round}_{i}")).collect();
         let mut child = Command::new(BIN)
@@ -618,13 +612,7 @@ fn killed_creation_leaves_whole_tenants_only() {
 #[test]
 fn audit_and_stats_through_the_cli() {
     let tmp = TempDir::new().unwrap();
-    let data = tmp.path().join("data");
-    let migrations = tmp.path().join("migrations");
-    write_migration(&migrations, "0001_todos.sql", TODOS);
-    ok(tdb(
-        &data,
-        &["migrate", "--migrations", migrations.to_str().unwrap()],
-    ));
+    let (data, _) = todos_fleet(&tmp);
     ok(tdb(&data, &["tenant", "create", "ann", "bo"]));
     ok(tdb(
         &data,
