@@ -481,9 +481,7 @@ fn killed_migration_resumes_and_leaves_no_tenant_half_migrated() {
         "CREATE INDEX todos_priority ON todos (priority, title);",
     );
 
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
+    let mut child = common::tenantdb(&data)
         .args(["migrate", "--migrations", dir, "--jobs", "1"])
         .spawn()
         .unwrap();
@@ -558,9 +556,7 @@ fn killed_creation_leaves_whole_tenants_only() {
     let (data, _) = todos_fleet(&tmp);
     for round in 0..6u64 {
         let ids: Vec<String> = (0..400).map(|i| format!("r{round}_{i}")).collect();
-        let mut child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&data)
+        let mut child = common::tenantdb(&data)
             .arg("tenant")
             .arg("create")
             .args(&ids)
@@ -665,7 +661,7 @@ fn audit_and_stats_through_the_cli() {
 #[test]
 fn demo_walks_through_the_system_and_refuses_a_used_directory() {
     let tmp = TempDir::new().unwrap();
-    let out = Command::new(BIN)
+    let out = common::bare_command()
         .args(["demo", "--users", "40"])
         .output()
         .unwrap();
@@ -792,9 +788,7 @@ fn a_closed_stdout_ends_a_printing_command_quietly() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
     ok(tdb(&data, &["tenant", "create", "piper"]));
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&data)
+    let mut child = common::tenantdb(&data)
         .args([
             "sql",
             "piper",

@@ -21,7 +21,6 @@ mod common;
 use common::markdown::workspace_root;
 use common::{ServeProcess, output_within};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tenantdb");
 /// Debian's package, which `scripts/test` installs; `CHROMIUM` names another.
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -132,9 +131,7 @@ fn wait_for_log(server: &ServeProcess, needle: &str, what: &str) {
 /// `tenantdb --json <args>` on the data directory, as JSON.
 #[track_caller]
 fn cli_json(data: &Path, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(data)
+    let out = common::tenantdb(data)
         .arg("--json")
         .args(args)
         .env("RUST_LOG", "warn")
